@@ -1,0 +1,53 @@
+"""Installs the extension folder ``custom/threestudio-stabledreamer`` as ``threestudio_stabledreamer``."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EXTENSION_DIR = "custom/threestudio-stabledreamer"
+PACKAGE = "threestudio_stabledreamer"
+
+subpackages = [f"{PACKAGE}.{name}" for name in find_packages(EXTENSION_DIR)]
+
+setup(
+    name="threestudio-stabledreamer",
+    version="0.1.0",
+    description=(
+        "StableDreamer (text-to-3D with anisotropic 3D Gaussians, score distillation as "
+        "reconstruction, noise-level annealing, DeepFloyd IF -> Stable Diffusion) as a "
+        "threestudio extension"
+    ),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=[PACKAGE, *subpackages],
+    package_dir={PACKAGE: EXTENSION_DIR},
+    # Lower bounds only: a GPU user's CUDA build of torch must never be replaced.
+    install_requires=[
+        "torch>=2.0",
+        "diffusers>=0.19.3",
+        "transformers>=4.28.1",
+        "pytorch-lightning>=2.0",
+        "omegaconf>=2.3",
+        "jaxtyping",
+        "typeguard",
+        "sentencepiece",
+        "accelerate",
+        "imageio[ffmpeg]>=2.28",
+        "plyfile>=0.9",
+        "trimesh>=3.20",
+        "PyMCubes>=0.1.4",
+        "scipy>=1.10",
+        "tensorboard",
+        "protobuf",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "gsplat": ["gsplat>=1.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "stabledreamer-link=threestudio_stabledreamer.link:main",
+        ]
+    },
+)
