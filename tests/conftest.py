@@ -24,8 +24,6 @@ if importlib.util.find_spec("threestudio") is None:
         [str(STANDIN_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
 
-USING_STANDIN = Path(importlib.util.find_spec("threestudio").origin).is_relative_to(STANDIN_DIR)
-
 
 @pytest.fixture(scope="session")
 def tiny_models():
