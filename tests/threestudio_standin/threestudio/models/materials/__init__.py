@@ -1,0 +1,1 @@
+from . import base, no_material
