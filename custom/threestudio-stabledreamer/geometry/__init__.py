@@ -1,0 +1,2 @@
+"""threestudio geometries of the extension; importing registers them."""
+from . import gaussian  # noqa: F401
