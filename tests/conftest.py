@@ -27,7 +27,10 @@ if importlib.util.find_spec("threestudio") is None:
 
 @pytest.fixture(scope="session")
 def tiny_models():
-    """Paths of tiny, randomly initialised diffusion and CLIP models saved with the real layout.
+    """Paths of tiny, randomly initialised models saved with the real on-disk layouts.
+
+    Keys: "deepfloyd-if", "stable-diffusion" (epsilon prediction), "stable-diffusion-v"
+    (the same weights with a v-prediction scheduler) and "clip".
 
     Built once into ``$STABLEDREAMER_TINY_MODELS`` (default ``<repo>/.cache/tiny-models``)
     and reused by later sessions.

@@ -1,0 +1,1 @@
+from . import base, deepfloyd_prompt_processor, stable_diffusion_prompt_processor
