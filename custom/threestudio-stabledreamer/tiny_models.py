@@ -362,11 +362,12 @@ def _build_deepfloyd_if(out: Path) -> None:
         requires_safety_checker=False,
     )
     # Half-precision variant first: transformers records the dtype in the shared
-    # config.json, which must end up saying float32.
-    pipe.to(torch.float16)
+    # config.json, which must end up saying float32. ``to(None, dtype)`` is the form
+    # that diffusers 0.19.3 (device first) and current releases both accept.
+    pipe.to(None, torch.float16)
     pipe.save_pretrained(out, variant="fp16", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", variant="8bit", safe_serialization=True)
-    pipe.to(torch.float32)
+    pipe.to(None, torch.float32)
     pipe.save_pretrained(out, safe_serialization=True)
     _replace_tokenizer_files(out / "tokenizer", _write_t5_tokenizer)
 
