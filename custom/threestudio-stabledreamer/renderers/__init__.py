@@ -1,0 +1,2 @@
+"""threestudio renderers of the extension."""
+from . import gaussian_rasterizer
