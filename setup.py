@@ -19,12 +19,14 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=[PACKAGE, *subpackages],
     package_dir={PACKAGE: EXTENSION_DIR},
     # Lower bounds only: a GPU user's CUDA build of torch must never be replaced.
     install_requires=[
         "torch>=2.0",
+        "numpy",
+        "pillow",
         "diffusers>=0.19.3",
         "transformers>=4.28.1",
         "pytorch-lightning>=2.0",
@@ -48,6 +50,7 @@ setup(
     entry_points={
         "console_scripts": [
             "stabledreamer-link=threestudio_stabledreamer.link:main",
+            "stabledreamer-benchmark=threestudio_stabledreamer.benchmark.cli:main",
         ]
     },
 )

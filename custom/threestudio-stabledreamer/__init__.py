@@ -7,4 +7,4 @@ the registering modules are imported only when threestudio is importable.
 import importlib.util
 
 if importlib.util.find_spec("threestudio") is not None:
-    from . import geometry, guidance, renderers
+    from . import exporters, geometry, guidance, renderers, systems

@@ -1,0 +1,2 @@
+"""threestudio exporters of the extension: ``stabledreamer-gaussian-exporter``."""
+from . import gaussian_exporter

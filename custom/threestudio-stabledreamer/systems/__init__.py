@@ -1,0 +1,2 @@
+"""threestudio systems of the extension: ``stabledreamer-system``."""
+from . import stabledreamer

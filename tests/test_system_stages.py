@@ -1,0 +1,144 @@
+"""``stabledreamer-system`` in process: stage switching with trainable guidances (the path
+threestudio's VSD guidance takes), optimizer groups across the switch, and resume.
+
+Both stages use the test double ``test-trainable-guidance`` (tests/e2e_components), whose
+``offset`` parameter is trained through ``optimizer.params.<guidance attribute>``.
+"""
+import os
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+import e2e_components  # noqa: F401  (registers test-trainable-guidance)
+import threestudio
+import threestudio_stabledreamer.exporters  # noqa: F401
+import threestudio_stabledreamer.geometry  # noqa: F401
+import threestudio_stabledreamer.renderers  # noqa: F401
+import threestudio_stabledreamer.systems  # noqa: F401
+from threestudio.utils.config import load_config
+
+from conftest import REPO_ROOT
+
+GUIDANCE = "system.guidance_type=test-trainable-guidance"
+OVERRIDES = [
+    "system.prompt_processor.prompt=a hamburger",
+    GUIDANCE,
+    "system.guidance_stage2_type=test-trainable-guidance",
+    "system.optimizer.params.guidance.lr=0.1",
+    "system.optimizer.params.guidance_stage2.lr=0.1",
+    "system.loss.lambda_lora=1.0",
+    "system.stage2_start_step=3",
+    "system.vis_interval=0",
+    "system.export_on_fit_end=false",
+    "system.geometry.init.num_points=100",
+    "system.geometry.densify_from=2",
+    "system.geometry.densify_interval=2",
+    "data.width=[16,16]",
+    "data.height=[16,16]",
+    "data.batch_size=[1,1]",
+    "trainer.val_check_interval=100",
+]
+
+
+def build(workdir, tiny_models, *overrides):
+    """Data module and system as the launcher builds them; the trial lands under ``workdir``."""
+    os.environ["STABLEDREAMER_TINY_MODELS"] = str(tiny_models["deepfloyd-if"].parent)
+    overrides = [*OVERRIDES, f"exp_root_dir={workdir / 'outputs'}", *overrides]
+    cfg = load_config(str(REPO_ROOT / "configs" / "stabledreamer-cpu.yaml"), cli_args=overrides)
+    pl.seed_everything(0)
+    dm = threestudio.find(cfg.data_type)(cfg.data)
+    system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+    system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
+    return cfg, dm, system
+
+
+def fit(cfg, dm, system, ckpt_path=None):
+    trainer = pl.Trainer(
+        max_steps=cfg.trainer.max_steps, accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        val_check_interval=cfg.trainer.val_check_interval,
+        callbacks=[ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), save_top_k=-1,
+                                   every_n_train_steps=1)],
+    )
+    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def group_names(optimizer):
+    return [group.get("name") for group in optimizer.param_groups]
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory, tiny_models):
+    """Five steps, stage 2 from step 3; records what each training step saw."""
+    workdir = tmp_path_factory.mktemp("stages")
+    previous = os.getcwd()
+    os.chdir(workdir)  # prompt embeddings are cached relative to the working directory
+    try:
+        cfg, dm, system = build(workdir, tiny_models, "trainer.max_steps=5")
+        seen = {}
+        original = system.training_step
+
+        def spy(batch, batch_idx):
+            seen[system.true_global_step] = (
+                system._active_stage,
+                group_names(system.optimizers().optimizer),
+                system.guidance is not None,
+                system.guidance_stage2 is not None,
+            )
+            return original(batch, batch_idx)
+
+        system.training_step = spy
+        trainer = fit(cfg, dm, system)
+    finally:
+        os.chdir(previous)
+    return workdir, cfg, trainer, seen
+
+
+def test_stage_switch_releases_stage1_and_moves_the_trainable_groups(two_stage_run):
+    _, cfg, trainer, seen = two_stage_run
+    assert trainer.global_step == 5
+    geometry_groups = ["means", "log_scales", "rotations", "opacity_logits", "sh_dc", "sh_rest"]
+    for step in (0, 1, 2):
+        assert seen[step] == (1, geometry_groups + ["guidance"], True, False)
+    for step in (3, 4):
+        assert seen[step] == (2, geometry_groups + ["guidance_stage2"], False, True)
+
+    stage1 = torch.load(os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=3.ckpt"), weights_only=False)
+    stage2 = torch.load(os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=5.ckpt"), weights_only=False)
+    # Adam (lr 0.1) moved each stage's offset from 0 towards 1, three and two steps.
+    assert float(stage1["state_dict"]["guidance.offset"]) == pytest.approx(0.3, abs=0.02)
+    assert float(stage2["state_dict"]["guidance_stage2.offset"]) == pytest.approx(0.2, abs=0.02)
+    assert "guidance.offset" not in stage2["state_dict"]
+
+
+def test_resume_in_stage2_restores_the_trainable_guidance_and_its_optimizer_state(
+    two_stage_run, tiny_models, monkeypatch
+):
+    workdir, cfg, _, _ = two_stage_run
+    monkeypatch.chdir(workdir)
+    ckpt = os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=4.ckpt")
+    saved = torch.load(ckpt, weights_only=False)
+
+    cfg2, dm2, resumed = build(workdir, tiny_models, "trainer.max_steps=6", f"resume={ckpt}")
+    seen = {}
+    original = resumed.training_step
+
+    def spy(batch, batch_idx):
+        offset = resumed.guidance_stage2.offset
+        adam = resumed.optimizers().optimizer.state.get(offset, {})
+        seen[resumed.true_global_step] = (
+            resumed._active_stage, float(offset.detach()), int(adam.get("step", 0)), resumed.geometry.num_gaussians,
+            resumed.guidance is None,
+        )
+        return original(batch, batch_idx)
+
+    resumed.training_step = spy
+    fit(cfg2, dm2, resumed, ckpt_path=ckpt)
+    n_saved = saved["state_dict"]["geometry._means"].shape[0]
+    offset_saved = float(saved["state_dict"]["guidance_stage2.offset"])
+    # ckpt at step 4: steps 0-2 in stage 1, step 3 in stage 2 -> one Adam step on offset
+    assert seen[4] == (2, pytest.approx(offset_saved), 1, n_saved, True)
+    assert seen[5][0] == 2 and seen[5][2] == 2 and seen[5][1] > offset_saved
