@@ -212,6 +212,38 @@ def test_tiled_equals_dense_in_values_and_gradients():
         assert torch.allclose(tiled, dense, atol=1e-10)
 
 
+def test_tiles_that_stop_early_and_tiles_that_do_not_match_dense():
+    # Left half: a stack of opaque Gaussians (its pixels stop after three of them); right
+    # half: a stack of faint ones (never stops). With small slices, the left tiles finish
+    # while the right ones continue, in values and in gradients.
+    width, height = 32, 16
+    viewmats, Ks = axis_camera(width, height)
+    depths = torch.linspace(2.0, 3.0, 10, dtype=torch.float64)
+    # Each stack lies on a ray through the camera, so its Gaussians share a pixel centre.
+    left = torch.stack([-0.25 * depths, torch.zeros_like(depths), depths], dim=-1)
+    right = left * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    scene = dict(means=torch.cat([left, right]),
+                 scales=torch.full((20, 3), 0.2, dtype=torch.float64),
+                 opacities=torch.cat([torch.full((10, 1), 0.95), torch.full((10, 1), 0.3)]).double(),
+                 colors=torch.rand(20, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
+    results = []
+    for dense in (False, True):
+        params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+        out = render(params["means"], params["scales"], params["opacities"], params["colors"],
+                     viewmats, Ks, width, height, dense=dense, chunk_elements=128)
+        loss = (out.colors * torch.linspace(0, 1, 3, dtype=torch.float64)).sum() + out.depths.sum()
+        results.append((out, torch.autograd.grad(loss, list(params.values()))))
+    (tiled, tiled_grads), (dense, dense_grads) = results
+    left_pixel, right_pixel = tiled.means2d[0, [0, 10]].round().long()
+    left_transmittance = 1 - tiled.alphas[0, left_pixel[1], left_pixel[0], 0].item()
+    assert 1e-4 <= left_transmittance < 1e-3
+    assert 1 - tiled.alphas[0, right_pixel[1], right_pixel[0], 0].item() > 0.7 ** 10
+    for a, b in ((tiled.colors, dense.colors), (tiled.alphas, dense.alphas), (tiled.depths, dense.depths)):
+        assert torch.allclose(a, b, atol=1e-12)
+    for a, b in zip(tiled_grads, dense_grads):
+        assert b.abs().max() > 0 and torch.allclose(a, b, atol=1e-10)
+
+
 def test_gradcheck_float64_on_a_tiny_scene():
     width, height = 10, 8
     scene = random_scene(4, seed=5, radius=0.3)

@@ -9,8 +9,8 @@ import threestudio
 from threestudio.models.renderers.base import Rasterizer
 from threestudio.utils.typing import *
 
-from ..core.rasterization import (importable_cuda_backends, intrinsics_from_fovy,
-                                  opengl_c2w_to_viewmats, rasterize_gaussians,
+from ..core.rasterization import (DEFAULT_CHUNK_ELEMENTS, importable_cuda_backends,
+                                  intrinsics_from_fovy, opengl_c2w_to_viewmats, rasterize_gaussians,
                                   rasterize_with_diff_gaussian_rasterization,
                                   rasterize_with_gsplat)
 
@@ -53,7 +53,7 @@ class GaussianRasterizer(Rasterizer):
         near_plane: float = 0.2
         tile_size: int = 16
         block_size: int = 8
-        chunk_elements: int = 1 << 21
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
         random_background_probability: float = 0.0
         invert_background_probability: float = 0.0
 

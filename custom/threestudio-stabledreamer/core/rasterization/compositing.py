@@ -35,8 +35,11 @@ MIN_ALPHA = 1.0 / 255.0
 MIN_TRANSMITTANCE = 1e-4
 MIN_LOG_ALPHA = -30.0
 PADDING_LOG_ALPHA = -1e4
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
-MAX_SLICE = 128
+# A slice's tensors of 2^18 float32 elements (1 MiB each) stay in the CPU caches: measured
+# 15-25% faster at 128^2/16k than 2^21. Deeper slices (up to MAX_SLICE) pay off when few
+# tiles are active, as in small renders, where each slice's fixed cost dominates.
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
+MAX_SLICE = 256
 DEFAULT_DENSE_CHUNK_ELEMENTS = 1 << 23
 
 
@@ -171,20 +174,23 @@ class _CompositeTiles(torch.autograd.Function):
     ranges. Output: composited features [tiles,S,F].
 
     The forward pass walks depth slices of at most ``MAX_SLICE`` pairs over all tiles that
-    still have pairs and live pixels, keeping only each slice's incoming transmittance. The
-    backward pass recomputes each slice in the same order. With ``w_i = alpha_i T_i`` and
-    ``h_i = dL/dC . f_i``, ``dL/dalpha_i = h_i T_i - R_i / (1 - alpha_i)`` where ``R_i`` is
-    the sum of ``h_j w_j`` over the Gaussians after ``i``; since the sum over all of them is
-    ``dL/dC . C``, ``R_i`` is that minus a prefix sum carried from slice to slice.
+    still have pairs and live pixels, keeping only each slice's incoming transmittance;
+    the features of the tiles being worked on accumulate in a compact buffer that is
+    written to the image when tiles finish. The backward pass recomputes each slice in the
+    same order. With ``w_i = alpha_i T_i`` and ``h_i = dL/dC . f_i``,
+    ``dL/dalpha_i = h_i T_i - R_i / (1 - alpha_i)`` where ``R_i`` is the sum of ``h_j w_j``
+    over the Gaussians after ``i``. The sum over all of them is ``dL/dC . C``, so each
+    slice starts from that minus the sums of the slices before it (carried from slice to
+    slice) and subtracts its own cumulative sum.
     """
 
     @staticmethod
     def forward(ctx, coefficients, pair_features, basis, tile_starts, tile_counts, chunk_elements):
         pixels_per_tile = basis.shape[1]
-        num_tiles = tile_counts.shape[0]
-        image = pair_features.new_zeros(num_tiles, pixels_per_tile, pair_features.shape[1])
+        image = pair_features.new_zeros(tile_counts.shape[0], pixels_per_tile, pair_features.shape[1])
         slices = []
         active = torch.nonzero(tile_counts > 0).squeeze(1)
+        accumulated = pair_features.new_zeros(active.shape[0], pixels_per_tile, pair_features.shape[1])
         transmittance = pair_features.new_ones(active.shape[0], pixels_per_tile, 1)
         offset = 0
         padding_index = coefficients.shape[0] - 1
@@ -195,14 +201,17 @@ class _CompositeTiles(torch.autograd.Function):
             steps = torch.arange(slice_len, device=active.device)
             index = tile_starts[active, None] + offset + steps
             index = torch.where(steps < remaining[:, None], index, padding_index)
-            _, _, survival, weights, _, _ = _slice_weights(coefficients[index], basis, transmittance)
-            image[active] += weights @ pair_features[index]
+            alpha = _slice_alphas(coefficients[index], basis)
+            _, survival, weights, _ = _slice_compositing(alpha, transmittance)
+            accumulated.baddbmm_(weights, pair_features[index])
 
             alive = ((survival[..., -1] >= MIN_TRANSMITTANCE).any(dim=1)
                      & (remaining > slice_len))
             slices.append((active, index, transmittance, alive))
-            active = active[alive]
-            transmittance = survival[alive, :, -1:]
+            transmittance = survival[..., -1:].clone()
+            if not bool(alive.all()):
+                image[active[~alive]] = accumulated[~alive]
+                active, accumulated, transmittance = active[alive], accumulated[alive], transmittance[alive]
             offset += slice_len
         ctx.slices = slices
         ctx.save_for_backward(coefficients, pair_features, basis, image)
@@ -214,43 +223,50 @@ class _CompositeTiles(torch.autograd.Function):
         grad_coefficients = torch.zeros_like(coefficients)
         grad_features = torch.zeros_like(pair_features)
         total = (grad_image * image).sum(dim=-1, keepdim=True)
-        prefix = None
+        from_slice = total[ctx.slices[0][0]] if ctx.slices else None
         for active, index, transmittance, alive in ctx.slices:
             grad_out = grad_image[active]
-            alpha, before, _, weights, keep, unclamped = _slice_weights(
-                coefficients[index], basis, transmittance)
+            alpha = _slice_alphas(coefficients[index], basis)
+            before, _, weights, keep = _slice_compositing(alpha, transmittance)
             features = pair_features[index]
             per_gaussian = grad_out @ features.transpose(1, 2)
-            contributions = torch.cumsum(per_gaussian * weights, dim=-1)
-            if prefix is not None:
-                contributions += prefix
-            after = total[active] - contributions
-            grad_alpha = per_gaussian * before - after / (1.0 - alpha)
+            after = torch.cumsum(per_gaussian * weights, dim=-1)
+            after = torch.sub(from_slice, after, out=after)
+            from_next_slice = after[alive, :, -1:]
+            grad_alpha = (per_gaussian * before).sub_(after.div_(1.0 - alpha))
+            # A clamped alpha (exactly MAX_ALPHA) has zero derivative.
+            unclamped = torch.lt(alpha, MAX_ALPHA, out=torch.empty_like(alpha))
             grad_power = grad_alpha.mul_(alpha).mul_(keep).mul_(unclamped)
             flat_index = index.reshape(-1)
             grad_coefficients.index_add_(0, flat_index,
                                          (grad_power.transpose(1, 2) @ basis.t()).reshape(-1, 6))
             grad_features.index_add_(0, flat_index,
                                      (weights.transpose(1, 2) @ grad_out).reshape(-1, features.shape[-1]))
-            prefix = contributions[alive, :, -1:]
+            from_slice = from_next_slice
         return grad_coefficients, grad_features, None, None, None, None
 
 
-def _slice_weights(coefficients, basis, transmittance):
-    """One depth slice: (alpha, before, survival, weights, keep, unclamped), each [A,S,K].
-
-    coefficients [A,K,6] of the slice's pairs, basis [6,S], transmittance [A,S,1]
-    entering the slice. Skipped alphas are 0; ``keep`` (1 until the pixel terminates)
-    and ``unclamped`` (1 where alpha < MAX_ALPHA) are float masks: comparisons write
-    them directly as floats because mixing boolean tensors into float arithmetic is
-    several times slower than the arithmetic itself on CPU.
-    """
+def _slice_alphas(coefficients, basis):
+    """Alphas [A,S,K] of one depth slice, skipped ones 0 (coefficients [A,K,6], basis [6,S])."""
     power = (basis.t() @ coefficients.transpose(1, 2)).clamp_(min=MIN_LOG_ALPHA)
-    alpha = torch.exp_(power)
-    unclamped = torch.lt(alpha, MAX_ALPHA, out=torch.empty_like(alpha))
-    alpha = F.threshold_(alpha.clamp_(max=MAX_ALPHA), MIN_ALPHA, 0.0)
-    survival = torch.cumprod(1.0 - alpha, dim=-1).mul_(transmittance)
-    before = torch.cat([transmittance, survival[..., :-1]], dim=-1)
-    keep = torch.ge(survival, MIN_TRANSMITTANCE, out=torch.empty_like(survival))
+    return F.threshold_(torch.exp_(power).clamp_(max=MAX_ALPHA), MIN_ALPHA, 0.0)
+
+
+def _slice_compositing(alpha, transmittance):
+    """Transmittances and weights of one depth slice: (before, survival, weights, keep), each [A,S,K].
+
+    ``transmittance`` [A,S,1] enters the slice; ``before``/``survival`` are the
+    transmittances before/after each Gaussian, from one cumulative product over
+    ``(T, 1 - alpha_1, ..., 1 - alpha_K)``; ``keep`` (1 until the pixel terminates) is a
+    float mask and ``weights = alpha * before * keep``. Comparisons write masks directly
+    as floats because mixing boolean tensors into float arithmetic is several times
+    slower than the arithmetic itself on CPU.
+    """
+    factors = alpha.new_empty(*alpha.shape[:-1], alpha.shape[-1] + 1)
+    factors[..., :1] = transmittance
+    torch.sub(alpha.new_ones(()), alpha, out=factors[..., 1:])
+    products = torch.cumprod(factors, dim=-1, out=factors)
+    before, survival = products[..., :-1], products[..., 1:]
+    keep = torch.ge(survival, MIN_TRANSMITTANCE, out=torch.empty_like(alpha))
     weights = (alpha * before).mul_(keep)
-    return alpha, before, survival, weights, keep, unclamped
+    return before, survival, weights, keep
