@@ -5,7 +5,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -348,38 +347,6 @@ def test_embeddings_are_cached_by_model_and_prompt_hash_and_reused(tiny_models, 
 
     recomputed = make_processor("stable-diffusion-prompt-processor", path, use_cache=False)
     torch.testing.assert_close(recomputed.text_embeddings[0], encode_clip(path, [PROMPT])[0])
-
-
-def test_perp_neg_embeddings_and_weights(tiny_models, in_tmp_dir):
-    output = make_processor(
-        "stable-diffusion-prompt-processor", tiny_models["stable-diffusion"], use_perp_neg=True
-    )()
-    assert output.use_perp_neg
-    side, front, back, overhead = output.text_embeddings_vd
-    uncond = output.uncond_text_embeddings_vd[0]
-    azimuth = torch.tensor([45.0, 135.0, 0.0])
-    elevation = torch.tensor([0.0, 0.0, 80.0])
-    embeddings, weights = output.get_text_embeddings_perp_neg(elevation, azimuth, torch.ones(3))
-
-    assert embeddings.shape == (12, 77, 32)
-    torch.testing.assert_close(embeddings[0], 0.5 * front + 0.5 * side)
-    torch.testing.assert_close(embeddings[1], 0.5 * side + 0.5 * back)
-    torch.testing.assert_close(embeddings[2], overhead)
-    for i in range(3, 6):
-        torch.testing.assert_close(embeddings[i], uncond)
-    negatives = [front, side, side, front, uncond, uncond]
-    for got, want in zip(embeddings[6:], negatives):
-        torch.testing.assert_close(got, want)
-
-    def f(a, b, c, r):
-        return a * math.exp(-b * r) + c
-
-    expected_weights = [
-        [-f(4, 0.5, -2.426, 0.5), -f(4, 0.5, -2.426, 0.5)],
-        [-f(1, 0.5, -0.606, 0.5), -f(1, 0.5, 0.967, 0.5)],
-        [0.0, 0.0],
-    ]
-    torch.testing.assert_close(weights, torch.tensor(expected_weights))
 
 
 def test_prompt_debiasing_is_rejected_with_a_clear_error(tiny_models, in_tmp_dir):

@@ -196,20 +196,9 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
                 camera_positions + torch.randn(B, 3) * self.cfg.light_position_perturb, dim=-1
             )
             return direction * distances[:, None]
-        if self.cfg.light_sample_strategy == "magic3d":
-            # within 60 degrees of the camera direction: local frame with z towards camera
-            local_z = F.normalize(camera_positions, dim=-1)
-            local_x = F.normalize(
-                torch.stack([local_z[:, 1], -local_z[:, 0], torch.zeros_like(local_z[:, 0])], -1), dim=-1
-            )
-            local_y = F.normalize(torch.cross(local_z, local_x, dim=-1), dim=-1)
-            rot = torch.stack([local_x, local_y, local_z], dim=-1)
-            azimuth = torch.rand(B) * 2 * math.pi - math.pi
-            elevation = torch.rand(B) * math.pi / 3 + math.pi / 6
-            local = spherical_to_cartesian(elevation, azimuth, distances)
-            return (rot @ local[:, :, None])[:, :, 0]
         raise ValueError(
-            f"Unknown light sample strategy: {self.cfg.light_sample_strategy}"
+            f"light_sample_strategy={self.cfg.light_sample_strategy!r}: expected "
+            "'dreamfusion', the only strategy the threestudio test stand-in implements"
         )
 
     def collate(self, batch) -> Dict[str, Any]:

@@ -5,14 +5,9 @@ import os
 import re
 
 import torch
-from packaging import version
 
 from threestudio.utils.config import config_to_primitive
 from threestudio.utils.typing import *
-
-
-def parse_version(ver: str):
-    return version.parse(ver)
 
 
 def get_rank() -> int:
@@ -119,15 +114,6 @@ def cleanup() -> None:
         torch.cuda.empty_cache()
 
 
-def finish_with_cleanup(func: Callable):
-    def wrapper(*args, **kwargs):
-        out = func(*args, **kwargs)
-        cleanup()
-        return out
-
-    return wrapper
-
-
 def _distributed_available() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -135,14 +121,3 @@ def _distributed_available() -> bool:
 def barrier() -> None:
     if _distributed_available():
         torch.distributed.barrier()
-
-
-def broadcast(tensor, src=0):
-    if _distributed_available():
-        torch.distributed.broadcast(tensor, src=src)
-    return tensor
-
-
-def enable_gradient(model, enabled: bool = True) -> None:
-    for param in model.parameters():
-        param.requires_grad_(enabled)

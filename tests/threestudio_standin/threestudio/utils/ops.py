@@ -10,10 +10,6 @@ import torch.nn.functional as F
 from threestudio.utils.typing import *
 
 
-def dot(x, y):
-    return torch.sum(x * y, -1, keepdim=True)
-
-
 def get_activation(name) -> Callable:
     """Activation by name: None/"none" (identity), "exp", "shifted_exp" (exp(x - 1)),
     "sigmoid", "tanh", "shifted_softplus" (softplus(x - 1)), "scale_-11_01" (x / 2 + 0.5),
@@ -37,71 +33,37 @@ def get_activation(name) -> Callable:
 
 
 def get_ray_directions(
-    H: int,
-    W: int,
-    focal: Union[float, Tuple[float, float]],
-    principal: Optional[Tuple[float, float]] = None,
-    use_pixel_centers: bool = True,
+    H: int, W: int, focal: float, use_pixel_centers: bool = True
 ) -> Float[Tensor, "H W 3"]:
-    """Camera-space direction through every pixel, ``((i - cx) / fx, -(j - cy) / fy, -1)``.
-
-    ``focal`` in pixels (one float, principal point at the image centre (W/2, H/2)) or
-    ``(fx, fy)`` together with ``principal = (cx, cy)``.
-    """
+    """Camera-space direction through every pixel, ``((i - W/2) / focal, -(j - H/2) / focal,
+    -1)`` with ``focal`` in pixels and the principal point at the image centre."""
     offset = 0.5 if use_pixel_centers else 0.0
-    if isinstance(focal, float):
-        fx = fy = focal
-        cx, cy = W / 2, H / 2
-    else:
-        if principal is None:
-            raise ValueError("principal: required when focal is a pair (fx, fy)")
-        fx, fy = focal
-        cx, cy = principal
     i, j = torch.meshgrid(
         torch.arange(W, dtype=torch.float32) + offset,
         torch.arange(H, dtype=torch.float32) + offset,
         indexing="xy",
     )
-    return torch.stack([(i - cx) / fx, -(j - cy) / fy, -torch.ones_like(i)], -1)
+    return torch.stack(
+        [(i - W / 2) / focal, -(j - H / 2) / focal, -torch.ones_like(i)], -1
+    )
 
 
 def get_rays(
-    directions: Float[Tensor, "... 3"],
-    c2w: Float[Tensor, "... 4 4"],
+    directions: Float[Tensor, "B H W 3"],
+    c2w: Float[Tensor, "B 4 4"],
     keepdim=False,
-    noise_scale=0.0,
     normalize=True,
 ) -> Tuple[Float[Tensor, "... 3"], Float[Tensor, "... 3"]]:
-    """World-space ray origins and directions for camera-space ``directions``.
-
-    Shapes: directions [N,3] with c2w [4,4] / [1,4,4] / [N,4,4]; [H,W,3] with [4,4]
-    (-> [H,W,3]) or [B,4,4] (-> [B,H,W,3]); [B,H,W,3] with [B,4,4]. Without ``keepdim``
-    the outputs are flattened to [-1, 3]. ``noise_scale`` adds one random offset.
-    """
-    if directions.shape[-1] != 3:
-        raise ValueError(f"directions: last dim must be 3, got shape {tuple(directions.shape)}")
-    rot, pos = c2w[..., :3, :3], c2w[..., :3, 3]
-    if directions.ndim == 2:
-        if c2w.ndim == 2:
-            rot, pos = rot[None], pos[None]
-        rays_d = (directions[:, None, :] * rot).sum(-1)
-        rays_o = pos.expand(rays_d.shape)
-    elif directions.ndim == 3 and c2w.ndim == 2:
-        rays_d = (directions[:, :, None, :] * rot[None, None]).sum(-1)
-        rays_o = pos[None, None].expand(rays_d.shape)
-    elif directions.ndim == 3 and c2w.ndim == 3:
-        rays_d = (directions[None, :, :, None, :] * rot[:, None, None]).sum(-1)
-        rays_o = pos[:, None, None].expand(rays_d.shape)
-    elif directions.ndim == 4 and c2w.ndim == 3:
-        rays_d = (directions[:, :, :, None, :] * rot[:, None, None]).sum(-1)
-        rays_o = pos[:, None, None].expand(rays_d.shape)
-    else:
+    """World-space ray origins and directions [B, H, W, 3] for camera-space ``directions``
+    [B, H, W, 3] and ``c2w`` [B, 4, 4]; flattened to [-1, 3] without ``keepdim``."""
+    if directions.ndim != 4 or directions.shape[-1] != 3 or c2w.ndim != 3:
         raise ValueError(
-            f"get_rays: unsupported shapes directions {tuple(directions.shape)}, c2w {tuple(c2w.shape)}"
+            "get_rays: expected directions [B, H, W, 3] and c2w [B, 4, 4], got "
+            f"{tuple(directions.shape)} and {tuple(c2w.shape)}"
         )
-    if noise_scale > 0:
-        rays_o = rays_o + torch.randn(3, device=rays_o.device) * noise_scale
-        rays_d = rays_d + torch.randn(3, device=rays_d.device) * noise_scale
+    rot, pos = c2w[:, None, None, :3, :3], c2w[:, None, None, :3, 3]
+    rays_d = (directions[..., None, :] * rot).sum(-1)
+    rays_o = pos.expand(rays_d.shape)
     if normalize:
         rays_d = F.normalize(rays_d, dim=-1)
     if not keepdim:
@@ -135,24 +97,3 @@ def get_mvp_matrix(
     w2c[:, :3, 3:] = -rot_t @ c2w[:, :3, 3:]
     w2c[:, 3, 3] = 1.0
     return proj_mtx @ w2c
-
-
-def binary_cross_entropy(input, target):
-    """Mean binary cross-entropy of probabilities ``input``, computed directly (stable
-    under mixed precision, unlike ``F.binary_cross_entropy``)."""
-    return -(target * torch.log(input) + (1 - target) * torch.log(1 - input)).mean()
-
-
-def shifted_expotional_decay(a, b, c, r):
-    return a * torch.exp(-b * r) + c
-
-
-def shifted_cosine_decay(a, b, c, r):
-    return a * torch.cos(b * r + c) + a
-
-
-def perpendicular_component(x: Float[Tensor, "B C H W"], y: Float[Tensor, "B C H W"]):
-    """Component of ``x`` perpendicular to ``y``, per batch item."""
-    eps = torch.ones_like(x[:, 0, 0, 0]) * 1e-6
-    coef = (x * y).sum(dim=[1, 2, 3]) / torch.maximum((y * y).sum(dim=[1, 2, 3]), eps)
-    return x - coef.view(-1, 1, 1, 1) * y

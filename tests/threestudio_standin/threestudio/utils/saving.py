@@ -1,4 +1,4 @@
-"""``SaverMixin``: writes images, image grids, videos and data under the save directory.
+"""``SaverMixin``: writes image grids, videos, copied files and JSON under the save directory.
 
 Images are 8-bit PNG (or the format the file name says) in RGB order. Only the wandb
 logger of threestudio exists there; it is not available in this stand-in.
@@ -163,61 +163,6 @@ class SaverMixin:
         Image.fromarray(img).save(save_path)
         return save_path
 
-    def save_rgb_image(
-        self,
-        filename,
-        img,
-        data_format=DEFAULT_RGB_KWARGS["data_format"],
-        data_range=DEFAULT_RGB_KWARGS["data_range"],
-        name: Optional[str] = None,
-        step: Optional[int] = None,
-    ) -> str:
-        save_path = self.get_save_path(filename)
-        Image.fromarray(self.get_rgb_image_(img, data_format, data_range)).save(save_path)
-        return save_path
-
-    def save_grayscale_image(
-        self,
-        filename,
-        img,
-        data_range=DEFAULT_GRAYSCALE_KWARGS["data_range"],
-        cmap=DEFAULT_GRAYSCALE_KWARGS["cmap"],
-        name: Optional[str] = None,
-        step: Optional[int] = None,
-    ) -> str:
-        save_path = self.get_save_path(filename)
-        Image.fromarray(self.get_grayscale_image_(img, data_range, cmap)).save(save_path)
-        return save_path
-
-    def save_image(self, filename, img) -> str:
-        """Write a uint8 or uint16 image ([H, W], [H, W, 3] RGB or [H, W, 4] RGBA) as is."""
-        save_path = self.get_save_path(filename)
-        img = self.convert_data(img)
-        if img.dtype not in (np.uint8, np.uint16):
-            raise TypeError(f"save_image: expected a uint8 or uint16 image, got {img.dtype}")
-        imageio.imwrite(save_path, img)
-        return save_path
-
-    def save_data(self, filename, data) -> str:
-        """``.npz`` for a dict, ``.npy`` otherwise (suffix added when missing)."""
-        data = self.convert_data(data)
-        if isinstance(data, dict):
-            if not filename.endswith(".npz"):
-                filename += ".npz"
-            save_path = self.get_save_path(filename)
-            np.savez(save_path, **data)
-        else:
-            if not filename.endswith(".npy"):
-                filename += ".npy"
-            save_path = self.get_save_path(filename)
-            np.save(save_path, data)
-        return save_path
-
-    def save_state_dict(self, filename, data) -> str:
-        save_path = self.get_save_path(filename)
-        torch.save(data, save_path)
-        return save_path
-
     def save_img_sequence(
         self,
         filename,
@@ -245,16 +190,6 @@ class SaverMixin:
             imageio.mimsave(save_path, frames, fps=fps)
         else:
             imageio.mimsave(save_path, frames, duration=1000.0 / fps)
-        return save_path
-
-    def save_mesh(self, filename, v_pos, t_pos_idx, v_tex=None, t_tex_idx=None) -> str:
-        import trimesh
-
-        save_path = self.get_save_path(filename)
-        mesh = trimesh.Trimesh(
-            vertices=self.convert_data(v_pos), faces=self.convert_data(t_pos_idx)
-        )
-        mesh.export(save_path)
         return save_path
 
     def save_file(self, filename, src_path) -> str:

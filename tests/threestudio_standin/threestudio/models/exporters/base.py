@@ -1,6 +1,5 @@
 from dataclasses import dataclass
 
-import threestudio
 from threestudio.models.background.base import BaseBackground
 from threestudio.models.geometry.base import BaseGeometry
 from threestudio.models.materials.base import BaseMaterial
@@ -53,11 +52,3 @@ class Exporter(BaseObject):
 
     def __call__(self, *args, **kwargs) -> List[ExporterOutput]:
         raise NotImplementedError
-
-
-@threestudio.register("dummy-exporter")
-class DummyExporter(Exporter):
-    """Exports nothing."""
-
-    def __call__(self, *args, **kwargs) -> List[ExporterOutput]:
-        return []

@@ -9,7 +9,8 @@ relative to the working directory, one ``[77, D]`` tensor per prompt.
 Differences from threestudio kept on purpose: embeddings are always computed in the
 calling process (``spawn`` is accepted and ignored; threestudio starts a subprocess so the
 encoder's memory is returned), on ``get_device()``; prompt debiasing (which downloads BERT)
-is not available and is rejected when enabled.
+is not available and is rejected when enabled; Perp-Neg is not implemented (the output
+carries ``use_perp_neg`` but has no ``get_text_embeddings_perp_neg``).
 """
 import hashlib
 import json
@@ -21,7 +22,6 @@ import torch
 import threestudio
 from threestudio.utils.base import BaseObject
 from threestudio.utils.misc import barrier, cleanup
-from threestudio.utils.ops import shifted_expotional_decay
 from threestudio.utils.typing import *
 
 CACHE_DIR = ".threestudio_cache/text_embeddings"
@@ -63,10 +63,6 @@ class PromptProcessorOutput:
     directions: List[DirectionConfig]
     direction2idx: Dict[str, int]
     use_perp_neg: bool
-    perp_neg_f_sb: Tuple[float, float, float]
-    perp_neg_f_fsb: Tuple[float, float, float]
-    perp_neg_f_fs: Tuple[float, float, float]
-    perp_neg_f_sf: Tuple[float, float, float]
     prompt: str
     prompts_vd: List[str]
 
@@ -103,66 +99,6 @@ class PromptProcessorOutput:
             uncond = self.uncond_text_embeddings.expand(batch_size, -1, -1)
         return torch.cat([cond, uncond], dim=0)
 
-    def get_text_embeddings_perp_neg(
-        self,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
-        view_dependent_prompting: bool = True,
-    ) -> Tuple[Float[Tensor, "BBBB N Nf"], Float[Tensor, "B 2"]]:
-        """Perp-Neg embeddings ``cat([pos, uncond, neg])`` (neg holds two per camera,
-        interleaved) and the two negative guidance weights per camera.
-
-        Between front (|azimuth| = 0) and side (90) the positive embedding interpolates
-        front and side with r = 1 - |azimuth| / 90, negatives are front and side with
-        weights -f_fs(r), -f_sf(1 - r); between side and back (180) it interpolates side
-        and back with r = 2 - |azimuth| / 90, negatives side and front with weights
-        -f_sb(r), -f_fsb(r); overhead cameras get the overhead embedding and zero-weight
-        negatives. f(a, b, c; r) = a exp(-b r) + c.
-        """
-        if not view_dependent_prompting:
-            raise ValueError("Perp-Neg needs view_dependent_prompting=True")
-        indices = self.direction_indices(elevation, azimuth, camera_distances)
-        vd = self.text_embeddings_vd
-        side, front, back, overhead = (
-            vd[self.direction2idx[name]] for name in ("side", "front", "back", "overhead")
-        )
-        uncond = self.uncond_text_embeddings_vd[indices]
-
-        abs_azimuth = shift_azimuth_deg(azimuth).abs()
-        front_half = (abs_azimuth < 90)[:, None, None]
-        is_overhead = (indices == self.direction2idx["overhead"])[:, None, None]
-        r_front = (1 - abs_azimuth / 90)[:, None, None]
-        r_back = (2 - abs_azimuth / 90)[:, None, None]
-
-        pos = torch.where(
-            front_half,
-            r_front * front + (1 - r_front) * side,
-            r_back * side + (1 - r_back) * back,
-        )
-        pos = torch.where(is_overhead, overhead.expand_as(pos), pos)
-        neg_first = torch.where(front_half, front, side).expand_as(pos)
-        neg_second = torch.where(front_half, side, front).expand_as(pos)
-        neg_first = torch.where(is_overhead, uncond, neg_first)
-        neg_second = torch.where(is_overhead, uncond, neg_second)
-        neg = torch.stack([neg_first, neg_second], dim=1).flatten(0, 1)
-
-        r_front, r_back = r_front[:, 0, 0], r_back[:, 0, 0]
-        front_half, is_overhead = front_half[:, 0, 0], is_overhead[:, 0, 0]
-        weight_first = torch.where(
-            front_half,
-            -shifted_expotional_decay(*self.perp_neg_f_fs, r_front),
-            -shifted_expotional_decay(*self.perp_neg_f_sb, r_back),
-        )
-        weight_second = torch.where(
-            front_half,
-            -shifted_expotional_decay(*self.perp_neg_f_sf, 1 - r_front),
-            -shifted_expotional_decay(*self.perp_neg_f_fsb, r_back),
-        )
-        weights = torch.stack([weight_first, weight_second], dim=-1)
-        weights = torch.where(is_overhead[:, None], torch.zeros_like(weights), weights)
-        return torch.cat([pos, uncond, neg], dim=0), weights
-
 
 def _azimuth_within(threshold: float, centre: float):
     """Condition: shifted azimuth strictly within ``threshold`` degrees of ``centre``
@@ -196,7 +132,7 @@ class PromptProcessor(BaseObject):
         use_cache: bool = True
         spawn: bool = True
 
-        # Perp-Neg: negative weights f(r) = a * exp(-b * r) + c with (a, b, c) below
+        # Perp-Neg: accepted so real configs parse; only ``use_perp_neg`` is passed on
         use_perp_neg: bool = False
         perp_neg_f_sb: Tuple[float, float, float] = (1, 0.5, -0.606)
         perp_neg_f_fsb: Tuple[float, float, float] = (1, 0.5, +0.967)
@@ -359,10 +295,6 @@ class PromptProcessor(BaseObject):
             directions=self.directions,
             direction2idx=self.direction2idx,
             use_perp_neg=self.cfg.use_perp_neg,
-            perp_neg_f_sb=self.cfg.perp_neg_f_sb,
-            perp_neg_f_fsb=self.cfg.perp_neg_f_fsb,
-            perp_neg_f_fs=self.cfg.perp_neg_f_fs,
-            perp_neg_f_sf=self.cfg.perp_neg_f_sf,
             prompt=self.prompt,
             prompts_vd=self.prompts_vd,
         )

@@ -58,19 +58,6 @@ class Renderer(BaseModule):
     def background(self) -> BaseBackground:
         return self.sub_modules.background
 
-    def set_geometry(self, geometry: BaseGeometry) -> None:
-        self.sub_modules.geometry = geometry
-
-    def set_material(self, material: BaseMaterial) -> None:
-        self.sub_modules.material = material
-
-    def set_background(self, background: BaseBackground) -> None:
-        self.sub_modules.background = background
-
-
-class VolumeRenderer(Renderer):
-    pass
-
 
 class Rasterizer(Renderer):
     pass
