@@ -62,6 +62,16 @@ def test_unknown_mesh_format_names_the_field():
         make_exporter(make_geometry(), mesh_formats=["obj", "stl"])
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("mesh_resolution", 1), ("mesh_level", 0.0), ("cutoff_sigma", -1.0), ("bbox_padding", -0.1),
+     ("color_neighbours", 0)],
+)
+def test_out_of_range_mesh_setting_names_the_field_and_value(field, value):
+    with pytest.raises(ValueError, match=rf"exporter\.{field} must be .*, got {value}"):
+        make_exporter(make_geometry(), **{field: value})
+
+
 def test_no_surface_above_the_level_exports_only_the_gaussians():
     outputs = make_exporter(make_geometry(opacity=0.01), mesh_level=0.9)()
     assert [o.save_name for o in outputs] == ["model.ply"]

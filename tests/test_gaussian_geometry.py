@@ -99,6 +99,10 @@ def test_bad_config_values_are_named():
         make(max_num_gaussians=0)
     with pytest.raises(ValueError, match="opacity_reset_value"):
         make(opacity_reset_value=0.0)
+    with pytest.raises(ValueError, match="scene_extent must be >= 0, got -1.0"):
+        make(scene_extent=-1.0)
+    with pytest.raises(ValueError, match="prune_world_size must be >= 0, got -0.2"):
+        make(prune_world_size=-0.2)
     with pytest.raises(Exception, match="num_pointz"):
         make(init={"num_pointz": 3})
 

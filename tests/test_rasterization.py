@@ -9,7 +9,6 @@ from threestudio_stabledreamer.core.rasterization import (
     camera_centers, importable_cuda_backends, intrinsics_from_fovy, opengl_c2w_to_viewmats,
     project_gaussians, rasterize_gaussians, rasterize_with_diff_gaussian_rasterization,
     rasterize_with_gsplat)
-from threestudio_stabledreamer.core.gaussians import covariance_from_scale_rotation
 
 IDENTITY_QUAT = (1.0, 0.0, 0.0, 0.0)
 
@@ -284,7 +283,7 @@ def test_viewspace_gradient_is_the_pixel_gradient_times_half_the_image_size():
     colors = torch.tensor([[0.9, 0.2, 0.4]], dtype=torch.float64)
     weights = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    def loss_at(shift_x, shift_y, keep_graph=False):
+    def loss_at(shift_x, shift_y):
         # On the optical axis, moving the mean by (dx, dy) z / f moves its projection by
         # (dx, dy) pixels; the isotropic 2D covariance is stationary there.
         mean = torch.tensor([[shift_x * z / fx, shift_y * z / fx, z]], dtype=torch.float64)

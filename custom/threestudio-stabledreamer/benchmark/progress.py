@@ -48,7 +48,6 @@ class ProgressBoard:
     def __init__(self, total: int, stream: TextIO | None = None, interval: float = 10.0):
         self.total = total
         self.done = 0
-        self.skipped = 0
         self.failed = 0
         self.stream = stream
         self.interval = interval
@@ -59,7 +58,6 @@ class ProgressBoard:
     def skip(self, label: str) -> None:
         with self._lock:
             self.done += 1
-            self.skipped += 1
             self._print_locked(f"skip (finished earlier): {label}")
 
     def start(self, slot: str, label: str) -> None:
@@ -83,10 +81,6 @@ class ProgressBoard:
             status = "done" if ok else "FAILED"
             elapsed = time.monotonic() - started
             self._print_locked(f"{status} [{slot}] in {elapsed:.0f} s: {label} {detail}".rstrip())
-
-    def status_line(self) -> str:
-        with self._lock:
-            return self._status_locked()
 
     def _status_locked(self) -> str:
         parts = [f"runs {self.done}/{self.total} done"]

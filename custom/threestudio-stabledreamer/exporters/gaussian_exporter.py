@@ -61,6 +61,16 @@ class GaussianExporter(Exporter):
             raise ValueError(
                 f"exporter.mesh_formats: unknown format(s) {unknown}; expected any of {list(MESH_FORMATS)}"
             )
+        limits = (
+            ("mesh_resolution", self.cfg.mesh_resolution >= 2, "an integer >= 2"),
+            ("mesh_level", self.cfg.mesh_level > 0, "> 0 (the field is a sum of opacities)"),
+            ("cutoff_sigma", self.cfg.cutoff_sigma > 0, "> 0"),
+            ("bbox_padding", self.cfg.bbox_padding >= 0, ">= 0"),
+            ("color_neighbours", self.cfg.color_neighbours >= 1, "an integer >= 1"),
+        )
+        for name, ok, expected in limits:
+            if not ok:
+                raise ValueError(f"exporter.{name} must be {expected}, got {getattr(self.cfg, name)!r}")
 
     def __call__(self) -> List[ExporterOutput]:
         staging = staging_directory()

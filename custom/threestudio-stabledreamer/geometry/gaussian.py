@@ -205,7 +205,9 @@ class StableDreamerGaussian(BaseGeometry):
         cfg = self.cfg
         if not 0 <= cfg.sh_degree <= MAX_SH_DEGREE:
             raise ValueError(f"sh_degree must be in 0..{MAX_SH_DEGREE}, got {cfg.sh_degree}")
-        for name in ("sh_increase_interval", "opacity_reset_interval"):
+        for name in ("sh_increase_interval", "opacity_reset_interval", "densify_from", "densify_until",
+                     "scene_extent", "grad_threshold", "split_threshold", "prune_world_size",
+                     "prune_screen_radius"):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
         for name in ("densify_interval", "max_num_gaussians"):

@@ -408,7 +408,7 @@ class StableDreamerSystem(BaseLift3DSystem):
         )
 
     def on_validation_epoch_end(self):
-        pass
+        """Nothing to aggregate (threestudio's base class raises NotImplementedError)."""
 
     def on_test_start(self) -> None:
         self._test_started = time.perf_counter()

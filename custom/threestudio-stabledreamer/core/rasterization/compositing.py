@@ -58,8 +58,6 @@ def composite_tiles(means2d: torch.Tensor, conics: torch.Tensor, opacities: torc
     num_views = means2d.shape[0]
     tile_size = bins.block_size
     tiles_y, tiles_x = bins.grid
-    num_tiles = num_views * tiles_y * tiles_x
-    pixels_per_tile = tile_size * tile_size
     num_features = features.shape[-1] + 1
 
     coefficients = _tile_local_quadratics(means2d, conics, opacities, bins, tile_size)

@@ -35,7 +35,11 @@ def rasterize_with_diff_gaussian_rasterization(
         means, quats, scales, opacities, viewmats, Ks, width, height, *,
         sh_coefficients=None, sh_degree=0, colors=None, normals=None,
         scale_modifier=1.0, near_plane=NEAR_PLANE, **torch_backend_options) -> RasterizationOutput:
-    """Render with graphdeco-inria's ``diff_gaussian_rasterization`` (CUDA tensors)."""
+    """Render with graphdeco-inria's ``diff_gaussian_rasterization`` (CUDA tensors).
+
+    ``torch_backend_options`` (``tile_size``, ``block_size``, ``chunk_elements``) tune only
+    the torch backend; they are accepted so every backend takes the same call, and ignored.
+    """
     from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
 
     num_views, num_gaussians = viewmats.shape[0], means.shape[0]
@@ -94,7 +98,10 @@ def rasterize_with_gsplat(
         means, quats, scales, opacities, viewmats, Ks, width, height, *,
         sh_coefficients=None, sh_degree=0, colors=None, normals=None,
         scale_modifier=1.0, near_plane=NEAR_PLANE, **torch_backend_options) -> RasterizationOutput:
-    """Render with ``gsplat.rasterization`` (CUDA tensors), eps2d = 0.3 as the reference."""
+    """Render with ``gsplat.rasterization`` (CUDA tensors), eps2d = 0.3 as the reference.
+
+    ``torch_backend_options`` tune only the torch backend; accepted and ignored, as above.
+    """
     import gsplat
 
     num_views, num_gaussians = viewmats.shape[0], means.shape[0]
