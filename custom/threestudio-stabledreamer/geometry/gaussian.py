@@ -368,6 +368,15 @@ class StableDreamerGaussian(BaseGeometry):
         return shortest_axis_normals(self.scales, self._rotations)
 
     # ----------------------------------------------------------------- schedules
+    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        """Only ``update_step``: the geometry holds no ``Updateable`` children, and
+        threestudio's attribute walk would evaluate every activated property (covariances,
+        normals, ...) on each step for nothing (~58 ms at 100k Gaussians on a CPU)."""
+        self.update_step(epoch, global_step, on_load_weights)
+
+    def do_update_step_end(self, epoch: int, global_step: int) -> None:
+        self.update_step_end(epoch, global_step)
+
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if self.cfg.sh_increase_interval == 0:
             self.active_sh_degree = self.cfg.sh_degree
