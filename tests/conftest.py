@@ -39,3 +39,50 @@ def tiny_models():
 
     root = Path(os.environ.get("STABLEDREAMER_TINY_MODELS", REPO_ROOT / ".cache" / "tiny-models"))
     return build_tiny_models(root)
+
+
+# ---------------------------------------------------------------- device-sensitive tests
+# `python -m pytest tests --device cuda` runs the tests marked `device` (they take the
+# `device` fixture) on that device; everything else is unchanged.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="torch device of the device-sensitive tests (marker 'device'): cpu, cuda, cuda:1, ...")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: device-sensitive test; runs on --device (select with -m device)")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The torch device given by ``--device``; threestudio's ``get_device()`` answers it too."""
+    import torch
+
+    name = request.config.getoption("--device")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError as error:
+        raise pytest.UsageError(f"--device {name!r} is not a torch device ({error})") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name!r}: CUDA is not available on this machine")
+    if chosen.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device {name!r}: expected cpu or cuda[:index]")
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", torch.cuda.current_device())
+    with pytest.MonkeyPatch.context() as patch:
+        _answer_get_device(patch, chosen)
+        yield chosen
+
+
+def _answer_get_device(patch, chosen) -> None:
+    """Make every loaded ``threestudio`` module's ``get_device`` return ``chosen``, so that
+    guidances and prompt processors (which place themselves with it) follow ``--device``."""
+    import threestudio.utils.misc
+
+    original = threestudio.utils.misc.get_device
+    for name, module in list(sys.modules.items()):
+        if (name == "threestudio" or name.startswith("threestudio.")) and \
+                getattr(module, "get_device", None) is original:
+            patch.setattr(module, "get_device", lambda: chosen)

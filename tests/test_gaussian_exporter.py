@@ -1,4 +1,5 @@
-"""``stabledreamer-gaussian-exporter``: the outputs threestudio's ``SaverMixin`` saves."""
+"""``stabledreamer-gaussian-exporter``: the outputs threestudio's ``SaverMixin`` saves,
+exporting Gaussians that live on ``--device``."""
 import numpy as np
 import pytest
 import torch
@@ -10,10 +11,12 @@ import threestudio_stabledreamer.exporters  # noqa: F401  (registers the exporte
 import threestudio_stabledreamer.geometry  # noqa: F401  (registers the geometry)
 from threestudio.utils.saving import SaverMixin
 
+pytestmark = pytest.mark.device
 
-def make_geometry(**init):
+
+def make_geometry(device="cpu", **init):
     cfg = {"init": {"type": "random", "num_points": 300, "radius": 0.4, "opacity": 0.9, "seed": 0, **init}}
-    return threestudio.find("stabledreamer-gaussian")(cfg)
+    return threestudio.find("stabledreamer-gaussian")(cfg).to(device)
 
 
 def make_exporter(geometry, **cfg):
@@ -22,8 +25,8 @@ def make_exporter(geometry, **cfg):
     )
 
 
-def test_outputs_are_files_the_saver_mixin_copies(tmp_path):
-    geometry = make_geometry()
+def test_outputs_are_files_the_saver_mixin_copies(tmp_path, device):
+    geometry = make_geometry(device)
     outputs = make_exporter(geometry)()
     assert [(o.save_name, o.save_type) for o in outputs] == [
         ("model.ply", "file"), ("model-mesh.obj", "file"), ("model-mesh.glb", "file")
@@ -36,8 +39,8 @@ def test_outputs_are_files_the_saver_mixin_copies(tmp_path):
 
     ply = PlyData.read(str(export / "model.ply"))
     means = np.stack([ply["vertex"][axis] for axis in "xyz"], axis=1)
-    np.testing.assert_array_equal(means, geometry.means.detach().numpy())
-    reloaded = make_geometry(type="ply", path=str(export / "model.ply"))
+    np.testing.assert_array_equal(means, geometry.means.detach().cpu().numpy())
+    reloaded = make_geometry(device, type="ply", path=str(export / "model.ply"))
     for name in ("means", "log_scales", "rotations", "opacity_logits", "sh_dc"):
         torch.testing.assert_close(getattr(reloaded, f"_{name}"), getattr(geometry, f"_{name}"))
 
@@ -51,8 +54,8 @@ def test_outputs_are_files_the_saver_mixin_copies(tmp_path):
     np.testing.assert_allclose(np.asarray(glb.visual.vertex_colors)[:, :3], 128, atol=1)
 
 
-def test_format_selection_and_name(tmp_path):
-    outputs = make_exporter(make_geometry(), save_name="corgi", mesh_formats=["ply"], save_gaussians=False)()
+def test_format_selection_and_name(tmp_path, device):
+    outputs = make_exporter(make_geometry(device), save_name="corgi", mesh_formats=["ply"], save_gaussians=False)()
     assert [o.save_name for o in outputs] == ["corgi-mesh.ply"]
     assert make_exporter(make_geometry(), mesh_formats=[], save_gaussians=False)() == []
 
@@ -72,6 +75,6 @@ def test_out_of_range_mesh_setting_names_the_field_and_value(field, value):
         make_exporter(make_geometry(), **{field: value})
 
 
-def test_no_surface_above_the_level_exports_only_the_gaussians():
-    outputs = make_exporter(make_geometry(opacity=0.01), mesh_level=0.9)()
+def test_no_surface_above_the_level_exports_only_the_gaussians(device):
+    outputs = make_exporter(make_geometry(device, opacity=0.01), mesh_level=0.9)()
     assert [o.save_name for o in outputs] == ["model.ply"]

@@ -1,4 +1,5 @@
-"""The threestudio geometry ``stabledreamer-gaussian``."""
+"""The threestudio geometry ``stabledreamer-gaussian``; density control, PLY export and
+resume run on ``--device`` (tests marked ``device``)."""
 import numpy as np
 import pytest
 import torch
@@ -18,9 +19,10 @@ def brute_force_mean_neighbour_distance(points: torch.Tensor) -> torch.Tensor:
     return distances.sort(dim=-1).values[:, :3].mean(dim=-1).float()
 
 
-def make(**cfg):
+def make(device="cpu", **cfg):
+    """The geometry built as threestudio builds it (on the CPU), then moved to ``device``."""
     cfg.setdefault("init", {"num_points": 64, "seed": 0})
-    return Geometry(cfg)
+    return Geometry(cfg).to(device)
 
 
 def constructed_state(sh_degree: int = 0):
@@ -46,7 +48,7 @@ def densify_cfg(**overrides):
 
 def take_step(geometry, optimizer):
     optimizer.zero_grad()
-    weights = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.4], device=geometry.means.device)
     loss = ((geometry.means**2).sum() + geometry.opacities.sum() + geometry.scales.sum()
             + geometry.sh_coefficients.sum() + (geometry.rotations * weights).sum())
     loss.backward()
@@ -54,10 +56,11 @@ def take_step(geometry, optimizer):
 
 
 def high_gradient_stats(geometry, rows):
-    n = geometry.num_gaussians
-    grad = torch.zeros(1, n, 2)
+    n, device = geometry.num_gaussians, geometry.means.device
+    grad = torch.zeros(1, n, 2, device=device)
     grad[0, rows, 0] = 1.0
-    geometry.add_densification_stats(grad, torch.full((1, n), 3), torch.ones(1, n, dtype=torch.bool))
+    geometry.add_densification_stats(grad, torch.full((1, n), 3, device=device),
+                                     torch.ones(1, n, dtype=torch.bool, device=device))
 
 
 # ----------------------------------------------------------------------------- initialization
@@ -145,10 +148,11 @@ def test_sh_degree_increase_schedule():
 
 
 # ----------------------------------------------------------------------------- density control
+@pytest.mark.device
 @pytest.mark.parametrize("owner", ["system", "geometry"])
-def test_density_control_counts_and_adam_moments(owner):
+def test_density_control_counts_and_adam_moments(owner, device):
     torch.manual_seed(0)
-    geometry = make(**densify_cfg())
+    geometry = make(device, **densify_cfg())
     geometry.load_state_dict(constructed_state())
     if owner == "system":
         optimizer = torch.optim.Adam(geometry.param_groups(), eps=1e-15)
@@ -177,13 +181,16 @@ def test_density_control_counts_and_adam_moments(owner):
         assert torch.equal(state["step"], moments[name]["step"])
         assert any(param is p for group in optimizer.param_groups for p in group["params"])
     assert geometry.grad_norm_sum.shape == (5,) and float(geometry.grad_norm_sum.sum()) == 0
+    assert all(getattr(geometry, name).device == device
+               for name in ("_means", "_sh_rest", "grad_norm_sum", "visible_count", "max_radii"))
     before = geometry.means.detach().clone()
     take_step(geometry, optimizer)
     assert not torch.equal(geometry.means.detach(), before)
 
 
-def test_density_control_only_on_its_steps():
-    geometry = make(**densify_cfg())
+@pytest.mark.device
+def test_density_control_only_on_its_steps(device):
+    geometry = make(device, **densify_cfg())
     geometry.load_state_dict(constructed_state())
     geometry.create_optimizer()
     for step in (5, 11, 110):
@@ -195,15 +202,17 @@ def test_density_control_only_on_its_steps():
         make().density_control(10)
 
 
-def test_max_num_gaussians_is_enforced_and_logged(monkeypatch):
+@pytest.mark.device
+def test_max_num_gaussians_is_enforced_and_logged(monkeypatch, device):
     warnings = []
     monkeypatch.setattr(threestudio, "warn", lambda message, *args: warnings.append(message))
-    geometry = make(**densify_cfg(max_num_gaussians=4))
+    geometry = make(device, **densify_cfg(max_num_gaussians=4))
     geometry.load_state_dict(constructed_state())
     geometry.create_optimizer()
-    grad = torch.zeros(1, 4, 2)
+    grad = torch.zeros(1, 4, 2, device=device)
     grad[0, :, 0] = torch.tensor([2.0, 1.0, 0.0, 0.5])  # 3 is quiet: below the threshold
-    geometry.add_densification_stats(grad, torch.ones(1, 4), torch.ones(1, 4, dtype=torch.bool))
+    geometry.add_densification_stats(grad, torch.ones(1, 4, device=device),
+                                     torch.ones(1, 4, dtype=torch.bool, device=device))
     summary = geometry.density_control(10)
     # 3 survive pruning; budget 1: the clone of 0 (largest gradient) fits, the split of 1 does not.
     assert summary["capped"] and summary["cloned"] == 1 and summary["split"] == 0
@@ -211,8 +220,9 @@ def test_max_num_gaussians_is_enforced_and_logged(monkeypatch):
     assert len(warnings) == 1 and "max_num_gaussians=4" in warnings[0] and "step 10" in warnings[0]
 
 
-def test_opacity_reset():
-    geometry = make(**densify_cfg(opacity_reset_interval=30, opacity_reset_value=0.01, densify_interval=1000))
+@pytest.mark.device
+def test_opacity_reset(device):
+    geometry = make(device, **densify_cfg(opacity_reset_interval=30, opacity_reset_value=0.01, densify_interval=1000))
     geometry.load_state_dict(constructed_state())
     optimizer = geometry.create_optimizer()
     take_step(geometry, optimizer)
@@ -220,13 +230,14 @@ def test_opacity_reset():
     assert not geometry.density_control(20)["opacity_reset"]
     assert geometry.density_control(30)["opacity_reset"]
     assert torch.allclose(geometry.opacities, opacities.clamp_max(0.01))
-    assert torch.equal(optimizer.state[geometry._opacity_logits]["exp_avg"], torch.zeros(4, 1))
+    assert torch.equal(optimizer.state[geometry._opacity_logits]["exp_avg"], torch.zeros(4, 1, device=device))
     assert optimizer.param_groups[3]["params"][0] is geometry._opacity_logits
     take_step(geometry, optimizer)
 
 
-def test_nonfinite_parameters_raise_with_the_step():
-    geometry = make(**densify_cfg())
+@pytest.mark.device
+def test_nonfinite_parameters_raise_with_the_step(device):
+    geometry = make(device, **densify_cfg())
     geometry.create_optimizer()
     with torch.no_grad():
         geometry._means[5, 1] = float("nan")
@@ -234,10 +245,11 @@ def test_nonfinite_parameters_raise_with_the_step():
         geometry.density_control(7)
 
 
-def test_nonfinite_parameters_pruned_on_request(monkeypatch):
+@pytest.mark.device
+def test_nonfinite_parameters_pruned_on_request(monkeypatch, device):
     warnings = []
     monkeypatch.setattr(threestudio, "warn", lambda message, *args: warnings.append(message))
-    geometry = make(**densify_cfg(nonfinite="prune"))
+    geometry = make(device, **densify_cfg(nonfinite="prune"))
     optimizer = geometry.create_optimizer()
     take_step(geometry, optimizer)
     with torch.no_grad():
@@ -255,7 +267,8 @@ def test_nonfinite_parameters_pruned_on_request(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- PLY and checkpoints
-def test_ply_geometry_ply_round_trip_is_exact(tmp_path):
+@pytest.mark.device
+def test_ply_geometry_ply_round_trip_is_exact(tmp_path, device):
     g = torch.Generator().manual_seed(5)
     tensors = {
         "means": torch.randn(20, 3, generator=g),
@@ -267,9 +280,9 @@ def test_ply_geometry_ply_round_trip_is_exact(tmp_path):
     }
     source = tmp_path / "in.ply"
     write_gaussian_ply(source, tensors)
-    geometry = make(init={"type": "ply", "path": str(source)}, sh_degree=3)
+    geometry = make(device, init={"type": "ply", "path": str(source)}, sh_degree=3)
     assert geometry.num_gaussians == 20
-    assert torch.allclose(geometry.rotations.norm(dim=-1), torch.ones(20))
+    assert torch.allclose(geometry.rotations.norm(dim=-1), torch.ones(20, device=device))
     exported = tmp_path / "out.ply"
     geometry.export_ply(str(exported))
     original, again = PlyData.read(str(source))["vertex"].data, PlyData.read(str(exported))["vertex"].data
@@ -291,9 +304,10 @@ def test_ply_init_errors(tmp_path):
         make(init={"type": "ply", "path": str(path)}, sh_degree=1, isotropic=True)
 
 
-def test_resume_with_a_different_number_of_gaussians(tmp_path):
+@pytest.mark.device
+def test_resume_with_a_different_number_of_gaussians(tmp_path, device):
     torch.manual_seed(0)
-    trained = make(**densify_cfg(), init={"num_points": 30, "seed": 0})
+    trained = make(device, **densify_cfg(), init={"num_points": 30, "seed": 0})
     optimizer = trained.create_optimizer()
     high_gradient_stats(trained, list(range(10)))
     trained.density_control(10)
@@ -301,22 +315,22 @@ def test_resume_with_a_different_number_of_gaussians(tmp_path):
     assert trained.num_gaussians != 30
     state = trained.state_dict()
 
-    fresh = make(init={"num_points": 8, "seed": 1})
+    fresh = make(device, init={"num_points": 8, "seed": 1})
     fresh.load_state_dict(state)
     assert fresh.num_gaussians == trained.num_gaussians
     for name in NAMES:
         assert torch.equal(getattr(fresh, f"_{name}"), getattr(trained, f"_{name}")), name
-    assert fresh.grad_norm_sum.shape == (trained.num_gaussians,)
+    assert fresh.grad_norm_sum.shape == (trained.num_gaussians,) and fresh.grad_norm_sum.device == device
     optimizer = fresh.create_optimizer()
     take_step(fresh, optimizer)
 
     checkpoint = tmp_path / "last.ckpt"
     torch.save({"state_dict": {f"geometry.{key}": value for key, value in state.items()},
                 "epoch": 0, "global_step": 250}, checkpoint)
-    from_checkpoint = make(init={"type": "checkpoint", "path": str(checkpoint)})
+    from_checkpoint = make(device, init={"type": "checkpoint", "path": str(checkpoint)})
     assert torch.equal(from_checkpoint.means, trained.means)
     assert from_checkpoint.scene_extent == pytest.approx(0.5)
-    via_weights = make(weights=f"{checkpoint}:geometry", sh_degree=0)
+    via_weights = make(device, weights=f"{checkpoint}:geometry", sh_degree=0)
     assert torch.equal(via_weights.sh_coefficients, trained.sh_coefficients)
     with pytest.raises(ValueError, match="checkpoint_prefix"):
         make(init={"type": "checkpoint", "path": str(checkpoint), "checkpoint_prefix": "system.geometry."})

@@ -1,4 +1,4 @@
-"""The DeepFloyd IF and Stable Diffusion guidances on the tiny models.
+"""The DeepFloyd IF and Stable Diffusion guidances on the tiny models, on ``--device``.
 
 Gradients are checked against the classic SDS gradient w(t)(eps_hat - eps) computed here
 from the UNet, the scheduler's alphabar and the prompt processor's embeddings, in float64.
@@ -26,6 +26,13 @@ AZIMUTH = torch.tensor([90.0, 0.0])
 DISTANCE = torch.tensor([3.0, 3.0])
 TIMESTEPS = torch.tensor([120, 760])
 
+pytestmark = pytest.mark.device
+
+
+def _cameras(device):
+    """(elevation, azimuth, camera distance) [B] on ``device``, as the system passes them."""
+    return ELEVATION.to(device), AZIMUTH.to(device), DISTANCE.to(device)
+
 
 def _guidance(name, path, **cfg):
     return threestudio.find(name)({"pretrained_model_name_or_path": str(path), **cfg})
@@ -42,11 +49,11 @@ class _FakePromptUtils:
     def get_text_embeddings(
         self, elevation, azimuth, camera_distances, view_dependent_prompting=True
     ):
-        return torch.randn(2 * elevation.shape[0], 77, self.width)
+        return torch.randn(2 * elevation.shape[0], 77, self.width, device=elevation.device)
 
 
 @pytest.fixture(scope="module")
-def prompt_utils(tiny_models, tmp_path_factory):
+def prompt_utils(tiny_models, tmp_path_factory, device):
     """PromptProcessorOutput of each stand-in prompt processor on the tiny text encoders."""
     outputs = {}
     with pytest.MonkeyPatch.context() as patch:
@@ -67,12 +74,12 @@ def prompt_utils(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def if_guidance(tiny_models):
+def if_guidance(tiny_models, device):
     return _guidance(IF_NAME, tiny_models["deepfloyd-if"], render_resolution=IF_RESOLUTION)
 
 
 @pytest.fixture(scope="module")
-def sd_guidance(tiny_models):
+def sd_guidance(tiny_models, device):
     return _guidance(SD_NAME, tiny_models["stable-diffusion"], render_resolution=SD_RESOLUTION)
 
 
@@ -80,6 +87,7 @@ def sd_guidance(tiny_models):
 def _float64(guidance):
     """Run the guidance's models in float64 for tight gradient comparisons."""
     models = [getattr(guidance, name) for name in guidance.MODEL_ATTRIBUTES]
+    previous = guidance.weights_dtype
     for model in models:
         model.double()
     guidance.weights_dtype = torch.float64
@@ -87,13 +95,13 @@ def _float64(guidance):
         yield
     finally:
         for model in models:
-            model.float()
-        guidance.weights_dtype = torch.float32
+            model.to(previous)
+        guidance.weights_dtype = previous
 
 
 def _alphabar(path, t):
     scheduler = DDPMScheduler.from_pretrained(str(path), subfolder="scheduler")
-    return scheduler.alphas_cumprod.double()[t].view(-1, 1, 1, 1)
+    return scheduler.alphas_cumprod.double().to(t.device)[t].view(-1, 1, 1, 1)
 
 
 def _classic_sds_gradient(
@@ -119,19 +127,23 @@ def _relative_error(actual, expected):
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-def _embeddings(prompt_utils):
-    return prompt_utils.get_text_embeddings(ELEVATION, AZIMUTH, DISTANCE, True).double()
+def _embeddings(prompt_utils, device):
+    return prompt_utils.get_text_embeddings(*_cameras(device), True).double().to(device)
 
 
-def test_deep_floyd_gradient_is_sds_through_the_resize(if_guidance, prompt_utils, tiny_models):
+def test_deep_floyd_gradient_is_sds_through_the_resize(
+    if_guidance, prompt_utils, tiny_models, device
+):
     generator = torch.Generator().manual_seed(0)
-    rgb = torch.rand(BATCH, 48, 40, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    rgb = torch.rand(BATCH, 48, 40, 3, dtype=torch.float64, generator=generator)
+    rgb = rgb.to(device).requires_grad_()
     noise = torch.randn(
         BATCH, 3, IF_RESOLUTION, IF_RESOLUTION, dtype=torch.float64, generator=generator
-    )
+    ).to(device)
+    timesteps = TIMESTEPS.to(device)
     pu = prompt_utils["deepfloyd-if"]
     with _float64(if_guidance):
-        out = if_guidance(rgb, pu, ELEVATION, AZIMUTH, DISTANCE, timesteps=TIMESTEPS, noise=noise)
+        out = if_guidance(rgb, pu, *_cameras(device), timesteps=timesteps, noise=noise)
         (grad,) = torch.autograd.grad(out["loss_sds"], rgb)
 
         size = (IF_RESOLUTION, IF_RESOLUTION)
@@ -143,38 +155,38 @@ def test_deep_floyd_gradient_is_sds_through_the_resize(if_guidance, prompt_utils
             tiny_models["deepfloyd-if"],
             pixels.detach(),
             noise,
-            TIMESTEPS,
-            _embeddings(pu),
+            timesteps,
+            _embeddings(pu, device),
             20.0,
             noise_channels=3,
         )
     (expected,) = torch.autograd.grad((classic * pixels).sum() / BATCH, rgb)
     assert _relative_error(grad, expected) < 1e-5
     assert abs(out["grad_norm"].item() - classic.norm().item()) <= 1e-5 * classic.norm().item()
-    assert torch.equal(out["timesteps"], TIMESTEPS)
+    assert out["timesteps"].device == device and torch.equal(out["timesteps"], timesteps)
     assert (out["min_step"], out["max_step"]) == (20, 980)
     assert "eval" not in out and "loss_sds_img" not in out
 
 
 @pytest.mark.parametrize("model", ["stable-diffusion", "stable-diffusion-v"])
-def test_stable_diffusion_latent_gradient_is_sds(model, tiny_models, prompt_utils):
+def test_stable_diffusion_latent_gradient_is_sds(model, tiny_models, prompt_utils, device):
     guidance = _guidance(
         SD_NAME, tiny_models[model], render_resolution=SD_RESOLUTION, guidance_scale=7.5
     )
     assert guidance.prediction_type == ("v_prediction" if model.endswith("-v") else "epsilon")
     generator = torch.Generator().manual_seed(1)
-    latents = torch.randn(BATCH, 8, 8, 4, dtype=torch.float64, generator=generator).requires_grad_()
-    noise = torch.randn(BATCH, 4, 8, 8, dtype=torch.float64, generator=generator)
+    latents = torch.randn(BATCH, 8, 8, 4, dtype=torch.float64, generator=generator)
+    latents = latents.to(device).requires_grad_()
+    noise = torch.randn(BATCH, 4, 8, 8, dtype=torch.float64, generator=generator).to(device)
+    timesteps = TIMESTEPS.to(device)
     pu = prompt_utils["stable-diffusion"]
     with _float64(guidance):
         out = guidance(
             latents,
             pu,
-            ELEVATION,
-            AZIMUTH,
-            DISTANCE,
+            *_cameras(device),
             rgb_as_latents=True,
-            timesteps=TIMESTEPS,
+            timesteps=timesteps,
             noise=noise,
         )
         (grad,) = torch.autograd.grad(out["loss_sds"], latents)
@@ -183,8 +195,8 @@ def test_stable_diffusion_latent_gradient_is_sds(model, tiny_models, prompt_util
             tiny_models[model],
             latents.detach().permute(0, 3, 1, 2),
             noise,
-            TIMESTEPS,
-            _embeddings(pu),
+            timesteps,
+            _embeddings(pu, device),
             7.5,
             noise_channels=4,
             v_prediction=model.endswith("-v"),
@@ -205,15 +217,17 @@ def _encode(vae, rgb, seed):
 
 
 def test_stable_diffusion_pixel_gradient_goes_through_the_vae(
-    sd_guidance, prompt_utils, tiny_models
+    sd_guidance, prompt_utils, tiny_models, device
 ):
     generator = torch.Generator().manual_seed(2)
-    rgb = torch.rand(BATCH, 32, 32, 3, dtype=torch.float64, generator=generator).requires_grad_()
-    noise = torch.randn(BATCH, 4, 8, 8, dtype=torch.float64, generator=generator)
+    rgb = torch.rand(BATCH, 32, 32, 3, dtype=torch.float64, generator=generator)
+    rgb = rgb.to(device).requires_grad_()
+    noise = torch.randn(BATCH, 4, 8, 8, dtype=torch.float64, generator=generator).to(device)
+    timesteps = TIMESTEPS.to(device)
     pu = prompt_utils["stable-diffusion"]
     with _float64(sd_guidance):
         torch.manual_seed(5)  # the VAE posterior sample is the only random draw left
-        out = sd_guidance(rgb, pu, ELEVATION, AZIMUTH, DISTANCE, timesteps=TIMESTEPS, noise=noise)
+        out = sd_guidance(rgb, pu, *_cameras(device), timesteps=timesteps, noise=noise)
         (grad,) = torch.autograd.grad(out["loss_sds"], rgb)
         _, latents = _encode(sd_guidance.vae, rgb, seed=5)
         classic, *_ = _classic_sds_gradient(
@@ -221,8 +235,8 @@ def test_stable_diffusion_pixel_gradient_goes_through_the_vae(
             tiny_models["stable-diffusion"],
             latents.detach(),
             noise,
-            TIMESTEPS,
-            _embeddings(pu),
+            timesteps,
+            _embeddings(pu, device),
             100.0,
             noise_channels=4,
         )
@@ -231,17 +245,19 @@ def test_stable_diffusion_pixel_gradient_goes_through_the_vae(
     assert "loss_sds_img" not in out
 
 
-def test_image_space_loss_only_when_enabled(tiny_models, prompt_utils):
+def test_image_space_loss_only_when_enabled(tiny_models, prompt_utils, device):
     guidance = _guidance(
         SD_NAME, tiny_models["stable-diffusion"], render_resolution=SD_RESOLUTION, use_img_loss=True
     )
     generator = torch.Generator().manual_seed(3)
-    rgb = torch.rand(BATCH, 64, 64, 3, dtype=torch.float64, generator=generator).requires_grad_()
-    noise = torch.randn(BATCH, 4, 8, 8, dtype=torch.float64, generator=generator)
+    rgb = torch.rand(BATCH, 64, 64, 3, dtype=torch.float64, generator=generator)
+    rgb = rgb.to(device).requires_grad_()
+    noise = torch.randn(BATCH, 4, 8, 8, dtype=torch.float64, generator=generator).to(device)
+    timesteps = TIMESTEPS.to(device)
     pu = prompt_utils["stable-diffusion"]
     with _float64(guidance):
         torch.manual_seed(9)
-        out = guidance(rgb, pu, ELEVATION, AZIMUTH, DISTANCE, timesteps=TIMESTEPS, noise=noise)
+        out = guidance(rgb, pu, *_cameras(device), timesteps=timesteps, noise=noise)
         (grad,) = torch.autograd.grad(out["loss_sds_img"], rgb)
 
         vae = guidance.vae
@@ -251,8 +267,8 @@ def test_image_space_loss_only_when_enabled(tiny_models, prompt_utils):
             tiny_models["stable-diffusion"],
             latents.detach(),
             noise,
-            TIMESTEPS,
-            _embeddings(pu),
+            timesteps,
+            _embeddings(pu, device),
             100.0,
             noise_channels=4,
         )
@@ -271,16 +287,18 @@ def test_image_space_loss_only_when_enabled(tiny_models, prompt_utils):
     assert abs(out["loss_sds_img"].item() - expected_loss.item()) <= 1e-8 * expected_loss.item()
     assert _relative_error(grad, expected_grad) < 1e-5
     with pytest.raises(ValueError, match="use_img_loss.*rgb_as_latents"):
-        guidance(torch.zeros(BATCH, 8, 8, 4), pu, ELEVATION, AZIMUTH, DISTANCE, rgb_as_latents=True)
+        guidance(
+            torch.zeros(BATCH, 8, 8, 4, device=device), pu, *_cameras(device), rgb_as_latents=True
+        )
 
 
-def test_guidance_eval_images(if_guidance, sd_guidance, prompt_utils):
-    rgb = torch.rand(BATCH, 40, 40, 3)
+def test_guidance_eval_images(if_guidance, sd_guidance, prompt_utils, device):
+    rgb = torch.rand(BATCH, 40, 40, 3, device=device)
     for guidance, key, size in (
         (if_guidance, "deepfloyd-if", IF_RESOLUTION),
         (sd_guidance, "stable-diffusion", SD_RESOLUTION),
     ):
-        out = guidance(rgb, prompt_utils[key], ELEVATION, AZIMUTH, DISTANCE, guidance_eval=True)
+        out = guidance(rgb, prompt_utils[key], *_cameras(device), guidance_eval=True)
         images = out["eval"]
         assert torch.equal(images["t"], out["timesteps"])
         assert (
@@ -288,6 +306,7 @@ def test_guidance_eval_images(if_guidance, sd_guidance, prompt_utils):
         )
         for name in ("input", "noisy", "x0"):
             assert images[name].shape == (BATCH, size, size, 3), name
+            assert images[name].device == device, name
             assert images[name].min() >= 0 and images[name].max() <= 1, name
             assert images[name].std() > 0, name
         if key == "deepfloyd-if":
@@ -297,7 +316,7 @@ def test_guidance_eval_images(if_guidance, sd_guidance, prompt_utils):
             assert torch.allclose(images["input"], resized.permute(0, 2, 3, 1), atol=1e-6)
 
 
-def test_threestudio_schedules_and_annealing(tiny_models):
+def test_threestudio_schedules_and_annealing(tiny_models, device):
     guidance = _guidance(
         IF_NAME,
         tiny_models["deepfloyd-if"],
@@ -329,13 +348,13 @@ def test_threestudio_schedules_and_annealing(tiny_models):
     assert (annealed.min_step, annealed.max_step) == (t - 20, t + 20)
 
 
-def test_gradient_clipping_bounds_the_latent_gradient(tiny_models, prompt_utils):
+def test_gradient_clipping_bounds_the_latent_gradient(tiny_models, prompt_utils, device):
     guidance = _guidance(
         SD_NAME, tiny_models["stable-diffusion"], render_resolution=SD_RESOLUTION, grad_clip=0.01
     )
-    latents = torch.randn(BATCH, 8, 8, 4, requires_grad=True)
+    latents = torch.randn(BATCH, 8, 8, 4, device=device, requires_grad=True)
     out = guidance(
-        latents, prompt_utils["stable-diffusion"], ELEVATION, AZIMUTH, DISTANCE, rgb_as_latents=True
+        latents, prompt_utils["stable-diffusion"], *_cameras(device), rgb_as_latents=True
     )
     (grad,) = torch.autograd.grad(out["loss_sds"], latents)
     assert grad.abs().max() * BATCH <= 0.01 * (1 + 1e-5)
@@ -346,7 +365,7 @@ def test_gradient_clipping_bounds_the_latent_gradient(tiny_models, prompt_utils)
     "name, model, attributes",
     [(IF_NAME, "deepfloyd-if", ("unet",)), (SD_NAME, "stable-diffusion", ("unet", "vae"))],
 )
-def test_release_frees_the_models(name, model, attributes, tiny_models):
+def test_release_frees_the_models(name, model, attributes, tiny_models, device):
     guidance = _guidance(name, tiny_models[model], render_resolution=64)
     references = [weakref.ref(getattr(guidance, attribute)) for attribute in attributes]
     guidance.release()
@@ -354,8 +373,13 @@ def test_release_frees_the_models(name, model, attributes, tiny_models):
     assert all(getattr(guidance, attribute) is None for attribute in attributes)
     assert all(reference() is None for reference in references)
     with pytest.raises(RuntimeError, match="released"):
+        elevation, azimuth, distance = _cameras(device)
         guidance(
-            torch.rand(1, 8, 8, 3), _FakePromptUtils(32), ELEVATION[:1], AZIMUTH[:1], DISTANCE[:1]
+            torch.rand(1, 8, 8, 3, device=device),
+            _FakePromptUtils(32),
+            elevation[:1],
+            azimuth[:1],
+            distance[:1],
         )
 
 
@@ -383,19 +407,17 @@ def test_incomplete_model_folder_error_names_the_missing_part(tiny_models):
         _guidance(SD_NAME, tiny_models["clip"])
 
 
-def test_bad_inputs_are_rejected_clearly(if_guidance, tiny_models):
+def test_bad_inputs_are_rejected_clearly(if_guidance, tiny_models, device):
     pu = _FakePromptUtils(32)
     with pytest.raises(ValueError, match="rgb_as_latents must be False"):
         if_guidance(
-            torch.rand(BATCH, 8, 8, 4), pu, ELEVATION, AZIMUTH, DISTANCE, rgb_as_latents=True
+            torch.rand(BATCH, 8, 8, 4, device=device), pu, *_cameras(device), rgb_as_latents=True
         )
     with pytest.raises(ValueError, match="timesteps must lie in \\[0, 999\\]"):
         if_guidance(
-            torch.rand(BATCH, 8, 8, 3),
+            torch.rand(BATCH, 8, 8, 3, device=device),
             pu,
-            ELEVATION,
-            AZIMUTH,
-            DISTANCE,
+            *_cameras(device),
             timesteps=torch.tensor([5, 1000]),
         )
     with pytest.raises(ValueError, match="anneal_steps must be positive"):
@@ -426,11 +448,18 @@ def test_defaults_match_the_published_models():
         )
 
 
-def test_cpu_models_are_float32_channels_last_without_text_encoder(if_guidance, sd_guidance):
+def test_models_are_half_precision_on_cuda_only_channels_last_without_text_encoder(
+    if_guidance, sd_guidance, device
+):
+    # half_precision_weights is on by default; it applies on CUDA only (float32 on CPU)
+    expected = torch.float16 if device.type == "cuda" else torch.float32
     for guidance in (if_guidance, sd_guidance):
-        assert guidance.cfg.half_precision_weights  # default; half precision is for CUDA only
-        assert guidance.weights_dtype == torch.float32
-        assert all(p.dtype == torch.float32 for p in guidance.unet.parameters())
+        assert guidance.cfg.half_precision_weights
+        assert guidance.weights_dtype == expected
+        for name in guidance.MODEL_ATTRIBUTES:
+            parameters = list(getattr(guidance, name).parameters())
+            assert all(p.dtype == expected and p.device == device for p in parameters), name
+        assert guidance.alphas_cumprod.device == device
         assert not any(p.requires_grad for p in guidance.unet.parameters())
         assert guidance.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
         assert not any("text_encoder" in name for name in vars(guidance))

@@ -1,4 +1,8 @@
-"""Tests of the pure-PyTorch Gaussian rasterizer (core.rasterization) against independent maths."""
+"""Tests of the pure-PyTorch Gaussian rasterizer (core.rasterization) against independent maths.
+
+The rasterizer runs on ``--device``: scenes are built on the CPU, moved there at the call
+(gradients flow back to the CPU leaves) and the outputs are compared on the CPU.
+"""
 import math
 
 import numpy as np
@@ -11,6 +15,24 @@ from threestudio_stabledreamer.core.rasterization import (
     rasterize_with_gsplat)
 
 IDENTITY_QUAT = (1.0, 0.0, 0.0, 0.0)
+
+pytestmark = pytest.mark.device
+
+
+def on_device(device, function, *args, **kwargs):
+    """``function`` with its tensor arguments moved to ``device``; checks that every tensor
+    output is on ``device`` and returns them on the CPU, except ``viewspace_points`` (a
+    leaf on ``device`` whose ``.grad`` the tests read)."""
+    def move(value):
+        return value.to(device) if torch.is_tensor(value) else value
+
+    out = function(*map(move, args), **{key: move(value) for key, value in kwargs.items()})
+    if not isinstance(out, tuple):
+        assert out.device == device
+        return out.cpu()
+    fields = {name: getattr(out, name) for name in out._fields if torch.is_tensor(getattr(out, name))}
+    assert {name: value.device for name, value in fields.items()} == {name: device for name in fields}
+    return out._replace(**{name: value.cpu() for name, value in fields.items() if name != "viewspace_points"})
 
 
 def look_at_c2w(position, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
@@ -44,12 +66,12 @@ def axis_camera(width, height, fovy=math.radians(50.0), dtype=torch.float64):
     return viewmats, Ks
 
 
-def render(means, scales, opacities, colors, viewmats, Ks, width, height, quats=None, **kwargs):
+def render(device, means, scales, opacities, colors, viewmats, Ks, width, height, quats=None, **kwargs):
     n = means.shape[0]
     if quats is None:
         quats = torch.tensor([IDENTITY_QUAT], dtype=means.dtype).expand(n, 4)
-    return rasterize_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
-                               colors=colors, **kwargs)
+    return on_device(device, rasterize_gaussians, means, quats, scales, opacities, viewmats, Ks,
+                     width, height, colors=colors, **kwargs)
 
 
 def random_scene(n, seed, dtype=torch.float64, radius=0.6):
@@ -69,16 +91,16 @@ def two_views(width, height, dtype=torch.float64):
     return opengl_c2w_to_viewmats(c2w), intrinsics_from_fovy(fovy, height, width)
 
 
-def test_camera_conversion_keeps_the_centre_and_puts_the_target_in_front():
+def test_camera_conversion_keeps_the_centre_and_puts_the_target_in_front(device):
     c2w = look_at_c2w((1.0, -2.0, 0.5))[None]
-    viewmats = opengl_c2w_to_viewmats(c2w)
-    assert torch.allclose(camera_centers(viewmats)[0], c2w[0, :3, 3], atol=1e-12)
+    viewmats = on_device(device, opengl_c2w_to_viewmats, c2w)
+    assert torch.allclose(on_device(device, camera_centers, viewmats)[0], c2w[0, :3, 3], atol=1e-12)
     origin_in_camera = viewmats[0] @ torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     assert origin_in_camera[2] == pytest.approx(c2w[0, :3, 3].norm().item())
     assert origin_in_camera[:2].abs().max() < 1e-12
 
 
-def test_points_project_to_the_pixel_given_by_mvp_mtx():
+def test_points_project_to_the_pixel_given_by_mvp_mtx(device):
     width, height, fovy = 48, 32, math.radians(55.0)
     c2w = look_at_c2w((2.0, 1.5, 1.0))
     g = torch.Generator().manual_seed(3)
@@ -92,17 +114,17 @@ def test_points_project_to_the_pixel_given_by_mvp_mtx():
     viewmats = opengl_c2w_to_viewmats(c2w[None])
     Ks = intrinsics_from_fovy(torch.tensor([fovy], dtype=torch.float64), height, width)
     covariances = torch.eye(3, dtype=torch.float64).expand(20, 3, 3) * 1e-4
-    projected = project_gaussians(points, covariances, viewmats, Ks, width, height)
+    projected = on_device(device, project_gaussians, points, covariances, viewmats, Ks, width, height)
     assert torch.allclose(projected.means2d[0], expected, atol=1e-9)
 
 
-def test_single_gaussian_renders_the_analytic_2d_footprint():
+def test_single_gaussian_renders_the_analytic_2d_footprint(device):
     width, height = 41, 35
     viewmats, Ks = axis_camera(width, height)
     fx = Ks[0, 0, 0].item()
     z, sx, sy, opacity, angle = 3.0, 0.09, 0.04, 0.8, 0.5
     quat = torch.tensor([[math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)]], dtype=torch.float64)
-    out = render(torch.tensor([[0.0, 0.0, z]], dtype=torch.float64),
+    out = render(device, torch.tensor([[0.0, 0.0, z]], dtype=torch.float64),
                  torch.tensor([[sx, sy, 0.01]], dtype=torch.float64),
                  torch.tensor([[opacity]], dtype=torch.float64),
                  torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64),
@@ -128,14 +150,14 @@ def test_single_gaussian_renders_the_analytic_2d_footprint():
 
 
 @pytest.mark.parametrize("camera_x", [3.0, -3.0])
-def test_overlapping_gaussians_composite_front_to_back_from_both_sides(camera_x):
+def test_overlapping_gaussians_composite_front_to_back_from_both_sides(camera_x, device):
     width = height = 21
     means = torch.tensor([[0.3, 0.0, 0.0], [-0.3, 0.0, 0.0]], dtype=torch.float64)
     colors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     opacities = torch.tensor([[0.6], [0.7]], dtype=torch.float64)
     viewmats = opengl_c2w_to_viewmats(look_at_c2w((camera_x, 0.0, 0.0))[None])
     Ks = intrinsics_from_fovy(torch.tensor([0.8], dtype=torch.float64), height, width)
-    out = render(means, torch.full((2, 3), 0.1, dtype=torch.float64), opacities, colors,
+    out = render(device, means, torch.full((2, 3), 0.1, dtype=torch.float64), opacities, colors,
                  viewmats, Ks, width, height)
     near, far = (0, 1) if camera_x > 0 else (1, 0)
     expected = opacities[near] * colors[near] + (1 - opacities[near]) * opacities[far] * colors[far]
@@ -148,12 +170,12 @@ def test_overlapping_gaussians_composite_front_to_back_from_both_sides(camera_x)
     assert out.depths[0, height // 2, width // 2, 0].item() == pytest.approx(expected_depth.item(), abs=1e-12)
 
 
-def stacked_on_axis(opacity_values, colors, dense):
+def stacked_on_axis(device, opacity_values, colors, dense):
     width = height = 17
     viewmats, Ks = axis_camera(width, height)
     n = len(opacity_values)
     means = torch.tensor([[0.0, 0.0, 2.0 + 0.1 * i] for i in range(n)], dtype=torch.float64)
-    out = render(means, torch.full((n, 3), 0.05, dtype=torch.float64),
+    out = render(device, means, torch.full((n, 3), 0.05, dtype=torch.float64),
                  torch.tensor(opacity_values, dtype=torch.float64)[:, None],
                  torch.tensor(colors, dtype=torch.float64), viewmats, Ks, width, height,
                  dense=dense)
@@ -161,43 +183,43 @@ def stacked_on_axis(opacity_values, colors, dense):
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_alpha_is_clamped_at_0_99(dense):
-    _, alpha = stacked_on_axis([1.0], [[1.0, 1.0, 1.0]], dense)
+def test_alpha_is_clamped_at_0_99(dense, device):
+    _, alpha = stacked_on_axis(device, [1.0], [[1.0, 1.0, 1.0]], dense)
     assert alpha.item() == pytest.approx(0.99, abs=1e-12)
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_alpha_below_1_over_255_is_skipped(dense):
-    color, alpha = stacked_on_axis([0.0035, 0.5], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dense)
+def test_alpha_below_1_over_255_is_skipped(dense, device):
+    color, alpha = stacked_on_axis(device, [0.0035, 0.5], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dense)
     assert alpha.item() == pytest.approx(0.5, abs=1e-12)
     assert color[0].item() == 0.0
-    _, alpha = stacked_on_axis([0.0045], [[1.0, 0.0, 0.0]], dense)
+    _, alpha = stacked_on_axis(device, [0.0045], [[1.0, 0.0, 0.0]], dense)
     assert alpha.item() == pytest.approx(0.0045, abs=1e-12)
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_compositing_stops_before_transmittance_falls_below_1e_4(dense):
+def test_compositing_stops_before_transmittance_falls_below_1e_4(dense, device):
     black, red = [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]
     # After three Gaussians of alpha 0.95, T = 0.05^3 = 1.25e-4; a fourth would leave
     # 6.25e-6 < 1e-4, so it is not added and T stays 1.25e-4.
-    color, alpha = stacked_on_axis([0.95] * 4, [black, black, black, red], dense)
+    color, alpha = stacked_on_axis(device, [0.95] * 4, [black, black, black, red], dense)
     assert color[0].item() == 0.0
     assert alpha.item() == pytest.approx(1 - 0.05 ** 3, abs=1e-12)
-    color, alpha = stacked_on_axis([0.95] * 3, [black, black, red], dense)
+    color, alpha = stacked_on_axis(device, [0.95] * 3, [black, black, red], dense)
     assert color[0].item() == pytest.approx(0.95 * 0.05 ** 2, abs=1e-12)
 
 
-def test_tiled_equals_dense_in_values_and_gradients():
+def test_tiled_equals_dense_in_values_and_gradients(device):
     width, height = 37, 29
     scene = random_scene(60, seed=1)
     viewmats, Ks = two_views(width, height)
     results = []
     for dense in (False, True):
         params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
-        out = rasterize_gaussians(params["means"], params["quats"], params["scales"],
-                                  params["opacities"], viewmats, Ks, width, height,
-                                  colors=params["colors"], normals=params["means"] * 0 + 0.5,
-                                  dense=dense, chunk_elements=4096)
+        out = on_device(device, rasterize_gaussians, params["means"], params["quats"], params["scales"],
+                        params["opacities"], viewmats, Ks, width, height,
+                        colors=params["colors"], normals=params["means"] * 0 + 0.5,
+                        dense=dense, chunk_elements=4096)
         weights = torch.linspace(-1, 1, out.colors.numel(), dtype=torch.float64).reshape(out.colors.shape)
         loss = (out.colors * weights).sum() + out.alphas.sum() + 0.1 * out.depths.sum() + out.normals.sum()
         grads = torch.autograd.grad(loss, [*params.values(), out.viewspace_points])
@@ -211,7 +233,7 @@ def test_tiled_equals_dense_in_values_and_gradients():
         assert torch.allclose(tiled, dense, atol=1e-10)
 
 
-def test_tiles_that_stop_early_and_tiles_that_do_not_match_dense():
+def test_tiles_that_stop_early_and_tiles_that_do_not_match_dense(device):
     # Left half: a stack of opaque Gaussians (its pixels stop after three of them); right
     # half: a stack of faint ones (never stops). With small slices, the left tiles finish
     # while the right ones continue, in values and in gradients.
@@ -228,7 +250,7 @@ def test_tiles_that_stop_early_and_tiles_that_do_not_match_dense():
     results = []
     for dense in (False, True):
         params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
-        out = render(params["means"], params["scales"], params["opacities"], params["colors"],
+        out = render(device, params["means"], params["scales"], params["opacities"], params["colors"],
                      viewmats, Ks, width, height, dense=dense, chunk_elements=128)
         loss = (out.colors * torch.linspace(0, 1, 3, dtype=torch.float64)).sum() + out.depths.sum()
         results.append((out, torch.autograd.grad(loss, list(params.values()))))
@@ -243,7 +265,7 @@ def test_tiles_that_stop_early_and_tiles_that_do_not_match_dense():
         assert b.abs().max() > 0 and torch.allclose(a, b, atol=1e-10)
 
 
-def test_gradcheck_float64_on_a_tiny_scene():
+def test_gradcheck_float64_on_a_tiny_scene(device):
     width, height = 10, 8
     scene = random_scene(4, seed=5, radius=0.3)
     viewmats, Ks = two_views(width, height)
@@ -251,9 +273,9 @@ def test_gradcheck_float64_on_a_tiny_scene():
                                                         dtype=torch.float64), dim=-1)
 
     def images(means, scales, quats, opacities, colors):
-        out = rasterize_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
-                                  colors=colors, normals=normals, tile_size=4, block_size=2,
-                                  chunk_elements=4)
+        out = on_device(device, rasterize_gaussians, means, quats, scales, opacities, viewmats, Ks,
+                        width, height, colors=colors, normals=normals, tile_size=4, block_size=2,
+                        chunk_elements=4)
         return out.colors, out.alphas, out.depths, out.normals
 
     inputs = tuple(scene[k].clone().requires_grad_(True)
@@ -261,22 +283,22 @@ def test_gradcheck_float64_on_a_tiny_scene():
     assert torch.autograd.gradcheck(images, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def test_gradcheck_float64_through_spherical_harmonics():
+def test_gradcheck_float64_through_spherical_harmonics(device):
     width, height = 8, 8
     scene = random_scene(3, seed=9, radius=0.3)
     viewmats, Ks = two_views(width, height)
     sh = torch.randn(3, 16, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.3
 
     def image(means, sh_coefficients):
-        return rasterize_gaussians(means, scene["quats"], scene["scales"], scene["opacities"],
-                                   viewmats, Ks, width, height, sh_coefficients=sh_coefficients,
-                                   sh_degree=3).colors
+        return on_device(device, rasterize_gaussians, means, scene["quats"], scene["scales"],
+                         scene["opacities"], viewmats, Ks, width, height,
+                         sh_coefficients=sh_coefficients, sh_degree=3).colors
 
     inputs = (scene["means"].clone().requires_grad_(True), sh.requires_grad_(True))
     assert torch.autograd.gradcheck(image, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def test_viewspace_gradient_is_the_pixel_gradient_times_half_the_image_size():
+def test_viewspace_gradient_is_the_pixel_gradient_times_half_the_image_size(device):
     width, height = 30, 24
     viewmats, Ks = axis_camera(width, height)
     fx, z = Ks[0, 0, 0].item(), 2.5
@@ -287,7 +309,7 @@ def test_viewspace_gradient_is_the_pixel_gradient_times_half_the_image_size():
         # On the optical axis, moving the mean by (dx, dy) z / f moves its projection by
         # (dx, dy) pixels; the isotropic 2D covariance is stationary there.
         mean = torch.tensor([[shift_x * z / fx, shift_y * z / fx, z]], dtype=torch.float64)
-        out = render(mean, torch.full((1, 3), 0.05, dtype=torch.float64),
+        out = render(device, mean, torch.full((1, 3), 0.05, dtype=torch.float64),
                      torch.tensor([[0.7]], dtype=torch.float64), colors, viewmats, Ks, width, height)
         return (out.colors * weights).sum(), out.viewspace_points
 
@@ -302,32 +324,33 @@ def test_viewspace_gradient_is_the_pixel_gradient_times_half_the_image_size():
     assert grad[1].item() == pytest.approx(d_pixel_y * height / 2, rel=1e-5)
 
 
-def test_gaussians_behind_the_near_plane_or_off_screen_are_not_rendered():
+def test_gaussians_behind_the_near_plane_or_off_screen_are_not_rendered(device):
     width = height = 16
     viewmats, Ks = axis_camera(width, height)
     means = torch.tensor([[0.0, 0.0, 0.15], [0.0, 0.0, -2.0], [50.0, 0.0, 2.0], [0.0, 0.0, 2.0]],
                          dtype=torch.float64)
-    out = render(means, torch.full((4, 3), 0.05, dtype=torch.float64),
+    out = render(device, means, torch.full((4, 3), 0.05, dtype=torch.float64),
                  torch.full((4, 1), 0.9, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64),
                  viewmats, Ks, width, height)
     assert out.radii[0].tolist()[:3] == [0, 0, 0] and out.radii[0, 3] > 0
 
 
-def test_bad_inputs_raise_errors_naming_the_argument():
+def test_bad_inputs_raise_errors_naming_the_argument(device):
     viewmats, Ks = axis_camera(8, 8)
     means = torch.zeros(2, 3, dtype=torch.float64)
     good = dict(quats=torch.zeros(2, 4), scales=torch.ones(2, 3), opacities=torch.ones(2, 1),
                 colors=torch.ones(2, 3))
     with pytest.raises(ValueError, match="quats"):
-        rasterize_gaussians(means, torch.zeros(3, 4), good["scales"], good["opacities"],
-                            viewmats, Ks, 8, 8, colors=good["colors"])
+        on_device(device, rasterize_gaussians, means, torch.zeros(3, 4), good["scales"], good["opacities"],
+                  viewmats, Ks, 8, 8, colors=good["colors"])
     with pytest.raises(ValueError, match="exactly one of sh_coefficients and colors"):
-        rasterize_gaussians(means, good["quats"], good["scales"], good["opacities"], viewmats, Ks, 8, 8)
+        on_device(device, rasterize_gaussians, means, good["quats"], good["scales"], good["opacities"],
+                  viewmats, Ks, 8, 8)
     with pytest.raises(ValueError, match="sh_degree=2 needs 9"):
-        rasterize_gaussians(means, good["quats"], good["scales"], good["opacities"], viewmats, Ks, 8, 8,
-                            sh_coefficients=torch.zeros(2, 4, 3), sh_degree=2)
+        on_device(device, rasterize_gaussians, means, good["quats"], good["scales"], good["opacities"],
+                  viewmats, Ks, 8, 8, sh_coefficients=torch.zeros(2, 4, 3), sh_degree=2)
     with pytest.raises(ValueError, match="fovy"):
-        intrinsics_from_fovy(torch.tensor([4.0]), 8, 8)
+        on_device(device, intrinsics_from_fovy, torch.tensor([4.0]), 8, 8)
 
 
 CUDA_BACKENDS = importable_cuda_backends() if torch.cuda.is_available() else []

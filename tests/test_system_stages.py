@@ -2,7 +2,8 @@
 threestudio's VSD guidance takes), optimizer groups across the switch, and resume.
 
 Both stages use the test double ``test-trainable-guidance`` (tests/e2e_components), whose
-``offset`` parameter is trained through ``optimizer.params.<guidance attribute>``.
+``offset`` parameter is trained through ``optimizer.params.<guidance attribute>``. The
+Trainer runs on ``--device``.
 """
 import os
 
@@ -20,6 +21,8 @@ import threestudio_stabledreamer.systems  # noqa: F401
 from threestudio.utils.config import load_config
 
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.device
 
 GUIDANCE = "system.guidance_type=test-trainable-guidance"
 OVERRIDES = [
@@ -54,9 +57,10 @@ def build(workdir, tiny_models, *overrides):
     return cfg, dm, system
 
 
-def fit(cfg, dm, system, ckpt_path=None):
+def fit(cfg, dm, system, device, ckpt_path=None):
+    accelerator = {"cpu": ("cpu", 1), "cuda": ("gpu", [device.index])}[device.type]
     trainer = pl.Trainer(
-        max_steps=cfg.trainer.max_steps, accelerator="cpu", devices=1, logger=False,
+        max_steps=cfg.trainer.max_steps, accelerator=accelerator[0], devices=accelerator[1], logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         val_check_interval=cfg.trainer.val_check_interval,
         callbacks=[ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), save_top_k=-1,
@@ -71,7 +75,7 @@ def group_names(optimizer):
 
 
 @pytest.fixture(scope="module")
-def two_stage_run(tmp_path_factory, tiny_models):
+def two_stage_run(tmp_path_factory, tiny_models, device):
     """Five steps, stage 2 from step 3; records what each training step saw."""
     workdir = tmp_path_factory.mktemp("stages")
     previous = os.getcwd()
@@ -88,23 +92,32 @@ def two_stage_run(tmp_path_factory, tiny_models):
                 system.guidance is not None,
                 system.guidance_stage2 is not None,
             )
+            devices[system.true_global_step] = {
+                "geometry": system.geometry.means.device,
+                "guidance": system._active_guidance().offset.device,
+                "batch": batch["c2w"].device,
+            }
             return original(batch, batch_idx)
 
+        devices = {}
         system.training_step = spy
-        trainer = fit(cfg, dm, system)
+        trainer = fit(cfg, dm, system, device)
     finally:
         os.chdir(previous)
-    return workdir, cfg, trainer, seen
+    return workdir, cfg, trainer, seen, devices
 
 
-def test_stage_switch_releases_stage1_and_moves_the_trainable_groups(two_stage_run):
-    _, cfg, trainer, seen = two_stage_run
+def test_stage_switch_releases_stage1_and_moves_the_trainable_groups(two_stage_run, device):
+    _, cfg, trainer, seen, devices = two_stage_run
     assert trainer.global_step == 5
     geometry_groups = ["means", "log_scales", "rotations", "opacity_logits", "sh_dc", "sh_rest"]
     for step in (0, 1, 2):
         assert seen[step] == (1, geometry_groups + ["guidance"], True, False)
     for step in (3, 4):
         assert seen[step] == (2, geometry_groups + ["guidance_stage2"], False, True)
+    # each stage's guidance (built after the Trainer placed the system) is on its device
+    for step in range(5):
+        assert devices[step] == {"geometry": device, "guidance": device, "batch": device}, step
 
     stage1 = torch.load(os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=3.ckpt"), weights_only=False)
     stage2 = torch.load(os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=5.ckpt"), weights_only=False)
@@ -115,9 +128,9 @@ def test_stage_switch_releases_stage1_and_moves_the_trainable_groups(two_stage_r
 
 
 def test_resume_in_stage2_restores_the_trainable_guidance_and_its_optimizer_state(
-    two_stage_run, tiny_models, monkeypatch
+    two_stage_run, tiny_models, monkeypatch, device
 ):
-    workdir, cfg, _, _ = two_stage_run
+    workdir, cfg, _, _, _ = two_stage_run
     monkeypatch.chdir(workdir)
     ckpt = os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=4.ckpt")
     saved = torch.load(ckpt, weights_only=False)
@@ -136,7 +149,7 @@ def test_resume_in_stage2_restores_the_trainable_guidance_and_its_optimizer_stat
         return original(batch, batch_idx)
 
     resumed.training_step = spy
-    fit(cfg2, dm2, resumed, ckpt_path=ckpt)
+    fit(cfg2, dm2, resumed, device, ckpt_path=ckpt)
     n_saved = saved["state_dict"]["geometry._means"].shape[0]
     offset_saved = float(saved["state_dict"]["guidance_stage2.offset"])
     # ckpt at step 4: steps 0-2 in stage 1, step 3 in stage 2 -> one Adam step on offset

@@ -149,6 +149,10 @@ class StableDreamerSystem(BaseLift3DSystem):
         threestudio.info(f"stabledreamer-system: stage {stage} ({guidance_type}) from step {step}")
         processor = threestudio.find(processor_type)(getattr(self.cfg, processor_name))
         guidance = threestudio.find(guidance_type)(getattr(self.cfg, guidance_name))
+        if isinstance(guidance, nn.Module):
+            # Built after the Trainer placed the system, so not moved with it: a module
+            # guidance's trainable parts (e.g. VSD's LoRA) join the system's device here.
+            guidance.to(self.device)
         pending = self._pending_module_states.pop(guidance_name, None)
         if pending:
             guidance.load_state_dict(pending)
