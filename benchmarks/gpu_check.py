@@ -1,0 +1,576 @@
+"""The extension on a CUDA GPU, checked in one command (entry point: benchmarks/gpu_check.sh).
+
+Stages, each with its own time limit, each writing its log and the partial summary as it
+ends (``--out``: summary.json, summary.txt, install.log, builds.log, tests.log, smoke.log,
+backends.log):
+
+0. install: the wheels of ``.gpu-deps/wheels`` (scripts/gather_gpu_deps.sh) whose
+   distribution is missing here (or older than its ``min=`` in gpu_deps.txt), into a
+   private folder put on PYTHONPATH, offline; the extension goes on the path as
+   ``threestudio_stabledreamer`` through a symbolic link. torch, numpy, transformers and
+   everything already installed are left alone.
+1. builds (CUDA only, in the background while 2 and 3 run): diff-gaussian-rasterization
+   from ``.gpu-deps/src`` with nvcc (``setup.py build_ext --inplace``) and gsplat's CUDA
+   extension (its JIT build), for the GPU's compute capability, ``MAX_JOBS`` = CPU count.
+2. tests: ``pytest tests -m device --device cuda`` (``cpu`` without CUDA).
+3. smoke (CUDA only): configs/stabledreamer-cpu.yaml through the stand-in ``launch.py
+   --train --gpu 0`` on the tiny models, float16 guidance weights as on real runs; then
+   checks metrics.json (both stages, device, peak CUDA memory), the turntable video, the
+   PLY and the mesh.
+4. backends: for each importable backend, the same scenes rendered by it and by the torch
+   backend, compared (images, alphas, depths, normals; gradients of means, scales,
+   rotations, opacities, colours and the view-space points) with the tolerances in
+   ``TOLERANCES``; then forward+backward timed at 64^2/4k, 512^2/100k and 512^2/500k
+   Gaussians with peak CUDA memory. Without CUDA: the torch backend against itself
+   (the harness) and its 64^2/4k timing.
+
+Exit status: 0 all passed, 1 a stage failed, 2 bad arguments, 3 no CUDA here (the CPU-side
+parts ran and passed or failed as reported).
+"""
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
+LIMITS_S = {"install": 90, "tests": 240, "smoke": 240, "dgr_build": 300, "gsplat_build": 360,
+            "backends": 200}
+# Tolerances of a CUDA backend against the torch backend (float32, same scene and cameras):
+# images, alphas and normals (values in [0, 1]) and depths divided by the camera distance:
+# mean |difference| and max |difference|; gradients: relative L2 error ||g - g_torch|| /
+# ||g_torch||. The CUDA rasterizers use fast-math exponentials and their backward ignores
+# the 0.99 alpha clamp, so a few pixels and gradients differ slightly.
+TOLERANCES = {"image_mean": 1e-3, "image_max": 2e-2, "grad_rel": 5e-2}
+COMPARE_SCENES = ((64, 4_000), (128, 16_000))
+TIMING_SCENES = ((64, 4_000), (512, 100_000), (512, 500_000))
+CAMERA_DISTANCE = 3.0
+BACKEND_DISTRIBUTIONS = ("gsplat",)
+MODULES = {"diffusers": "diffusers", "omegaconf": "omegaconf", "plyfile": "plyfile", "trimesh": "trimesh",
+           "PyMCubes": "mcubes", "imageio-ffmpeg": "imageio_ffmpeg", "typeguard": "typeguard",
+           "transformers": "transformers", "pytorch-lightning": "pytorch_lightning", "scipy": "scipy"}
+
+
+# ----------------------------------------------------------------------------- helpers
+class Log:
+    """Appends a stage's output to one file of --out and echoes short lines."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.write_text("")
+
+    def write(self, text: str, echo: bool = True) -> None:
+        with self.path.open("a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        if echo:
+            print(text.rstrip("\n"), flush=True)
+
+
+def run_logged(command, log: Log, timeout_s: float, env=None, cwd=None):
+    """(return code or 'timeout', seconds); stdout and stderr go to ``log``."""
+    log.write(f"$ {' '.join(map(str, command))}", echo=False)
+    started = time.perf_counter()
+    with log.path.open("a") as f:
+        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = "timeout"
+    seconds = time.perf_counter() - started
+    log.write(f"-> exit {code} after {seconds:.1f} s", echo=False)
+    return code, seconds
+
+
+def version_key(text: str):
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:4])
+
+
+# ----------------------------------------------------------------------------- 0. install
+def wheel_distribution(path: Path) -> tuple:
+    """(normalised distribution name, version) from a wheel's file name."""
+    name, version = path.name.split("-")[:2]
+    return re.sub(r"[-_.]+", "-", name).lower(), version
+
+
+def install(deps: Path, site: Path, backend_site: Path, log: Log) -> dict:
+    """Install the missing wheels of ``deps/wheels`` into ``site`` (see the module docstring);
+    the rasterizer backends (``BACKEND_DISTRIBUTIONS``) into ``backend_site``, put on the
+    path only for their build and the backend stage, so the tests and the smoke run use the
+    torch backend while they build."""
+    minimums = {}
+    for line in (REPO / "benchmarks" / "gpu_deps.txt").read_text().splitlines():
+        fields = line.split("#")[0].split()
+        if fields and len(fields) > 1 and fields[1].startswith("min="):
+            minimums[re.sub(r"[-_.]+", "-", fields[0].split("==")[0]).lower()] = fields[1][4:]
+    wheels = sorted((deps / "wheels").glob("*.whl"))
+    chosen, present = [], {}
+    for wheel in wheels:
+        name, version = wheel_distribution(wheel)
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed is not None and version_key(installed) >= version_key(minimums.get(name, "0")):
+            present[name] = installed
+            continue
+        chosen.append(wheel)
+    log.write(f"already installed (kept): {present}")
+    log.write(f"installing into {site}: {[w.name for w in chosen]}")
+    result = {"wheels": len(wheels), "installed": [w.name for w in chosen], "kept": present}
+    if not wheels:
+        log.write(f"no wheels in {deps / 'wheels'}: run scripts/gather_gpu_deps.sh where there is network")
+    result["status"] = "ok"
+    for target, group in ((site, [w for w in chosen if wheel_distribution(w)[0] not in BACKEND_DISTRIBUTIONS]),
+                          (backend_site, [w for w in chosen if wheel_distribution(w)[0] in BACKEND_DISTRIBUTIONS])):
+        if not group:
+            continue
+        code, _ = run_logged([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                              "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(target),
+                              *map(str, group)], log, LIMITS_S["install"])
+        if code != 0:
+            result["status"] = f"failed (pip exit {code})"
+    return result
+
+
+def link_extension(work: Path) -> Path:
+    """A folder holding ``threestudio_stabledreamer`` -> custom/threestudio-stabledreamer."""
+    packages = work / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    link = packages / "threestudio_stabledreamer"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(REPO / "custom" / "threestudio-stabledreamer", target_is_directory=True)
+    return packages
+
+
+def probe(env: dict, log: Log) -> dict:
+    """Versions, CUDA device and importability of every module the check needs."""
+    code = (
+        "import json, importlib, importlib.metadata as m, shutil, subprocess, torch\n"
+        f"modules = {MODULES!r}\n"
+        "info = {'python': __import__('sys').version.split()[0], 'torch': torch.__version__,\n"
+        "        'cuda': torch.cuda.is_available(), 'torch_cuda': torch.version.cuda}\n"
+        "if info['cuda']:\n"
+        "    p = torch.cuda.get_device_properties(0)\n"
+        "    info.update(gpu=p.name, capability=f'{p.major}.{p.minor}', gpu_memory_gib=round(p.total_memory / 2**30, 1))\n"
+        "nvcc = shutil.which('nvcc')\n"
+        "info['nvcc'] = subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1] if nvcc else None\n"
+        "info['ninja'] = shutil.which('ninja')\n"
+        "imports = {}\n"
+        "for dist, module in modules.items():\n"
+        "    try:\n"
+        "        importlib.import_module(module)\n"
+        "        imports[dist] = m.version(dist)\n"
+        "    except Exception as error:\n"
+        "        imports[dist] = f'NOT IMPORTABLE: {type(error).__name__}: {error}'[:200]\n"
+        "info['imports'] = imports\n"
+        "print('PROBE' + json.dumps(info))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    log.write(completed.stdout + completed.stderr, echo=False)
+    line = next((l for l in completed.stdout.splitlines() if l.startswith("PROBE")), None)
+    if line is None:
+        raise RuntimeError(f"the environment probe failed:\n{completed.stderr[-3000:]}")
+    info = json.loads(line[len("PROBE"):])
+    for dist, version in info["imports"].items():
+        log.write(f"  {dist:<22} {version}")
+    return info
+
+
+# ----------------------------------------------------------------------------- 1. builds
+def start_builds(deps: Path, work: Path, env: dict, capability: str, log: Log) -> dict:
+    """Start both CUDA builds in the background; returns {name: (process, started, path)}."""
+    build_env = {**env, "TORCH_CUDA_ARCH_LIST": capability, "MAX_JOBS": str(os.cpu_count() or 8)}
+    builds = {}
+    source = deps / "src" / "diff-gaussian-rasterization.tar.gz"
+    if source.is_file():
+        target = work / "build"
+        shutil.rmtree(target / "diff-gaussian-rasterization", ignore_errors=True)
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(source) as archive:
+            archive.extractall(target)
+        folder = target / "diff-gaussian-rasterization"
+        # Newer host compilers no longer pull in <cstdint> through <iostream>; the header
+        # uses uint32_t (a long-standing one-line fix upstream users apply).
+        header = folder / "cuda_rasterizer" / "rasterizer_impl.h"
+        if "<cstdint>" not in header.read_text():
+            header.write_text(header.read_text().replace("#pragma once", "#pragma once\n\n#include <cstdint>", 1))
+        builds["diff-gaussian-rasterization"] = (subprocess.Popen(
+            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=folder, env=build_env,
+            stdout=(work / "build-dgr.log").open("w"), stderr=subprocess.STDOUT), time.perf_counter(), folder)
+    else:
+        log.write(f"diff-gaussian-rasterization: no source at {source} (run scripts/gather_gpu_deps.sh)")
+    builds["gsplat"] = (subprocess.Popen(
+        [sys.executable, "-c", "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat: no CUDA extension'"],
+        env=build_env, stdout=(work / "build-gsplat.log").open("w"), stderr=subprocess.STDOUT),
+        time.perf_counter(), None)
+    return builds
+
+
+def finish_builds(builds: dict, work: Path, log: Log) -> dict:
+    """Wait (within each build's limit) and report; paths of the built backends in 'paths'."""
+    results, paths = {}, []
+    for name, (process, started, folder) in builds.items():
+        limit = LIMITS_S["dgr_build" if folder is not None else "gsplat_build"]
+        try:
+            code = process.wait(timeout=max(1.0, started + limit - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = "timeout"
+        seconds = time.perf_counter() - started
+        log_file = work / ("build-dgr.log" if folder is not None else "build-gsplat.log")
+        log.write(f"===== build {name}: exit {code} after {seconds:.0f} s", echo=False)
+        log.write(log_file.read_text()[-20000:], echo=False)
+        results[name] = {"status": "ok" if code == 0 else ("timeout" if code == "timeout" else f"failed (exit {code})"),
+                         "seconds": round(seconds, 1), "limit_s": limit}
+        if code == 0 and folder is not None:
+            paths.append(str(folder))
+        log.write(f"build {name}: {results[name]['status']} in {seconds:.0f} s")
+    return {"results": results, "paths": paths}
+
+
+# ----------------------------------------------------------------------------- 2. tests
+def run_tests(device: str, env: dict, work: Path, log: Log) -> dict:
+    junit = work / "tests.xml"
+    code, seconds = run_logged([sys.executable, "-m", "pytest", "tests", "-m", "device", "--device", device,
+                                "-p", "no:cacheprovider", "-q", "-rfEs", f"--junitxml={junit}"],
+                               log, LIMITS_S["tests"], env=env, cwd=REPO)
+    counts = {}
+    if junit.is_file():
+        text = junit.read_text()
+        match = re.search(r'<testsuite [^>]*', text)
+        if match:
+            for key in ("tests", "failures", "errors", "skipped"):
+                found = re.search(rf'{key}="(\d+)"', match.group(0))
+                counts[key] = int(found.group(1)) if found else None
+    passed = None if not counts else counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    status = "ok" if code == 0 else ("timeout" if code == "timeout" else f"failed (pytest exit {code})")
+    return {"status": status, "device": device, "seconds": round(seconds, 1), "passed": passed, **counts}
+
+
+# ----------------------------------------------------------------------------- 3. smoke run
+def run_smoke(env: dict, work: Path, log: Log) -> dict:
+    """Train, test and export configs/stabledreamer-cpu.yaml on CUDA; check the outputs."""
+    user = work / "smoke"
+    shutil.rmtree(user, ignore_errors=True)
+    (user / "custom").mkdir(parents=True)
+    (user / "custom" / "threestudio-stabledreamer").symlink_to(REPO / "custom" / "threestudio-stabledreamer")
+    command = [sys.executable, str(REPO / "tests" / "threestudio_standin" / "launch.py"), "--config",
+               str(REPO / "configs" / "stabledreamer-cpu.yaml"), "--train", "--gpu", "0",
+               'system.prompt_processor.prompt="a hamburger"',
+               "system.guidance.half_precision_weights=true",
+               "system.guidance_stage2.half_precision_weights=true"]
+    smoke_env = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    code, seconds = run_logged(command, log, LIMITS_S["smoke"], env=smoke_env, cwd=user)
+    result = {"status": "ok" if code == 0 else ("timeout" if code == "timeout" else f"failed (exit {code})"),
+              "seconds": round(seconds, 1), "checks": {}}
+    trials = sorted((user / "outputs").glob("*/*@*"))
+    if not trials:
+        result["status"] = result["status"] if result["status"] != "ok" else "failed (no trial directory)"
+        return result
+    save = trials[-1] / "save"
+    checks = result["checks"]
+    try:
+        metrics = json.loads((save / "metrics.json").read_text())
+        stages = metrics.get("stages", {})
+        checks["both stages trained"] = [stages.get(s, {}).get("steps") for s in ("stage1", "stage2")] == [10, 10]
+        checks["ran on cuda"] = str(metrics.get("device", "")).startswith("cuda")
+        checks["peak CUDA memory measured"] = all((stages.get(s, {}).get("peak_memory_mib") or 0) > 0
+                                                  for s in ("stage1", "stage2"))
+        checks["120 test frames"] = metrics.get("test", {}).get("frames") == 120
+        result["metrics"] = {"device": metrics.get("device"), "memory_measure": metrics.get("memory_measure"),
+                             "final_num_gaussians": metrics.get("final_num_gaussians"),
+                             "peak_memory_mib": {s: stages.get(s, {}).get("peak_memory_mib") for s in stages},
+                             "iterations_per_second": metrics.get("iterations_per_second")}
+    except (OSError, ValueError) as error:
+        checks["metrics.json readable"] = False
+        log.write(f"metrics.json: {error}")
+    checks["turntable video"] = any(p.stat().st_size > 0 for p in save.glob("it*-test.mp4"))
+    checks["reconstruction views"] = len(list((save / "recon").glob("stage*-it*.png"))) >= 4
+    exports = list(save.glob("it*-export"))
+    checks["PLY export"] = any((e / "model.ply").is_file() for e in exports)
+    checks["mesh export"] = any((e / "model-mesh.obj").is_file() and (e / "model-mesh.glb").is_file() for e in exports)
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed and result["status"] == "ok":
+        result["status"] = f"failed ({', '.join(failed)})"
+    log.write(f"smoke checks: {checks}", echo=False)
+    return result
+
+
+# ----------------------------------------------------------------------------- 4. backends
+def backends_stage(json_path: Path) -> None:
+    """Runs in its own process (a CUDA fault there cannot end the check): writes its JSON."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_rasterizer import make_camera, make_scene
+    from threestudio_stabledreamer.core.gaussians import shortest_axis_normals
+    from threestudio_stabledreamer.core.rasterization import (importable_cuda_backends, rasterize_gaussians,
+                                                              rasterize_with_diff_gaussian_rasterization,
+                                                              rasterize_with_gsplat)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    functions = {"torch": rasterize_gaussians,
+                 "diff-gaussian-rasterization": rasterize_with_diff_gaussian_rasterization,
+                 "gsplat": rasterize_with_gsplat}
+    report = {"device": str(device), "tolerances": TOLERANCES, "backends": {}, "comparisons": [], "timings": []}
+    backends = ["torch"]
+    if device.type == "cuda":
+        for name in importable_cuda_backends():
+            try:  # gsplat imports without its CUDA extension; check that it loaded
+                if name == "gsplat":
+                    from gsplat.cuda._backend import _C
+                    assert _C is not None, "its CUDA extension is not built"
+                else:
+                    import diff_gaussian_rasterization._C  # noqa: F401
+                backends.append(name)
+                report["backends"][name] = "importable"
+            except Exception as error:  # reported, not fatal
+                report["backends"][name] = f"not usable: {type(error).__name__}: {error}"
+    report["backends"]["torch"] = "importable"
+
+    def scene_on_device(resolution, count, seed=0):
+        scene = {k: v.to(device) for k, v in make_scene(count, seed).items()}
+        viewmats, Ks = (t.to(device) for t in make_camera(resolution, distance=CAMERA_DISTANCE))
+        return scene, viewmats, Ks
+
+    def forward(name, params, viewmats, Ks, resolution):
+        return functions[name](params["means"], params["quats"], params["scales"], params["opacities"],
+                               viewmats, Ks, resolution, resolution, sh_coefficients=params["sh_coefficients"],
+                               sh_degree=0, normals=shortest_axis_normals(params["scales"], params["quats"]))
+
+    def loss_weights(resolution):
+        g = torch.Generator().manual_seed(1)
+        return [torch.rand(1, resolution, resolution, c, generator=g).to(device) for c in (3, 1, 1, 3)]
+
+    def render_with_grads(name, scene, viewmats, Ks, resolution):
+        params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+        out = forward(name, params, viewmats, Ks, resolution)
+        w = loss_weights(resolution)
+        loss = ((out.colors * w[0]).sum() + (out.alphas * w[1]).sum()
+                + (out.depths * w[2]).sum() / CAMERA_DISTANCE + (out.normals * w[3]).sum())
+        loss.backward()
+        images = {"colors": out.colors, "alphas": out.alphas, "depths": out.depths / CAMERA_DISTANCE,
+                  "normals": out.normals}
+        grads = {k: params[k].grad for k in params}
+        grads["viewspace"] = out.viewspace_points.grad
+        return {k: v.detach().float() for k, v in images.items()}, {k: v.detach().float() for k, v in grads.items()}
+
+    compare_with = backends[1:] if len(backends) > 1 else ["torch"]  # CPU: the harness against itself
+    for resolution, count in COMPARE_SCENES if device.type == "cuda" else COMPARE_SCENES[:1]:
+        scene, viewmats, Ks = scene_on_device(resolution, count)
+        reference = render_with_grads("torch", scene, viewmats, Ks, resolution)
+        for name in compare_with:
+            row = {"backend": name, "resolution": resolution, "gaussians": count}
+            try:
+                images, grads = render_with_grads(name, scene, viewmats, Ks, resolution)
+                for key, value in images.items():
+                    difference = (value - reference[0][key]).abs()
+                    row[f"{key}_mean"], row[f"{key}_max"] = float(difference.mean()), float(difference.max())
+                for key, value in grads.items():
+                    expected = reference[1][key]
+                    row[f"grad_{key}_rel"] = float((value - expected).norm() / expected.norm().clamp(min=1e-30))
+                row["passed"] = (all(row[f"{k}_mean"] <= TOLERANCES["image_mean"] and
+                                     row[f"{k}_max"] <= TOLERANCES["image_max"] for k in images)
+                                 and all(row[f"grad_{k}_rel"] <= TOLERANCES["grad_rel"] for k in grads))
+            except Exception as error:
+                row.update(passed=False, error=f"{type(error).__name__}: {error}"[:300])
+            report["comparisons"].append(row)
+            print(json.dumps(row), flush=True)
+        del scene
+    json_path.write_text(json.dumps(report, indent=2))
+
+    for resolution, count in TIMING_SCENES if device.type == "cuda" else TIMING_SCENES[:1]:
+        scene, viewmats, Ks = scene_on_device(resolution, count)
+        for name in backends:
+            row = {"backend": name, "resolution": resolution, "gaussians": count}
+            try:
+                params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+                times = []
+                for repeat in range(6):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                        baseline = torch.cuda.memory_allocated()
+                    started = time.perf_counter()
+                    out = forward(name, params, viewmats, Ks, resolution)
+                    (out.colors.sum() + out.alphas.sum() + out.depths.sum()).backward()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                        row["peak_mib"] = round((torch.cuda.max_memory_allocated() - baseline) / 2**20, 1)
+                    elapsed = time.perf_counter() - started
+                    del out
+                    for p in params.values():
+                        p.grad = None
+                    if repeat > 0:  # the first run warms up (kernel loading, allocator)
+                        times.append(elapsed)
+                    if elapsed > 5.0 and repeat >= 1:
+                        break
+                row["fwd_bwd_ms"] = round(1e3 * statistics.median(times), 2)
+                row["runs"] = len(times)
+            except Exception as error:
+                row["error"] = f"{type(error).__name__}: {error}"[:300]
+            report["timings"].append(row)
+            print(json.dumps(row), flush=True)
+            json_path.write_text(json.dumps(report, indent=2))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        del scene
+
+
+def run_backends(env: dict, work: Path, log: Log) -> dict:
+    json_path = work / "backends.json"
+    json_path.unlink(missing_ok=True)
+    code, seconds = run_logged([sys.executable, str(Path(__file__).resolve()), "--stage", "backends",
+                                "--stage-json", str(json_path)], log, LIMITS_S["backends"], env=env, cwd=REPO)
+    report = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    comparisons = report.get("comparisons", [])
+    ok = code == 0 and bool(comparisons) and all(row.get("passed") for row in comparisons)
+    status = "ok" if ok else ("timeout" if code == "timeout" else
+                              f"failed (exit {code}{', comparison out of tolerance' if code == 0 else ''})")
+    return {"status": status, "seconds": round(seconds, 1), **report}
+
+
+# ----------------------------------------------------------------------------- summary
+def summary_table(summary: dict) -> str:
+    lines = [f"GPU check: {summary.get('environment', {}).get('gpu', 'no CUDA GPU')} | "
+             f"torch {summary.get('environment', {}).get('torch')} | total {summary.get('total_s', 0):.0f} s",
+             f"{'stage':<34} {'status':<40} {'time s':>7}"]
+    for name, stage in summary["stages"].items():
+        lines.append(f"{name:<34} {str(stage.get('status'))[:40]:<40} {stage.get('seconds', ''):>7}")
+        if name == "tests" and "tests" in stage:
+            lines.append(f"{'':<34} passed {stage.get('passed')} failed {stage.get('failures')} "
+                         f"errors {stage.get('errors')} skipped {stage.get('skipped')} on {stage.get('device')}")
+        if name == "smoke" and stage.get("checks"):
+            lines.append(f"{'':<34} " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in stage["checks"].items()))
+    backends = summary["stages"].get("backends", {})
+    if backends.get("comparisons"):
+        lines.append("")
+        lines.append(f"comparison with the torch backend (tolerances: images mean <= {TOLERANCES['image_mean']}, "
+                     f"max <= {TOLERANCES['image_max']}; gradients relative L2 <= {TOLERANCES['grad_rel']})")
+        lines.append(f"{'backend':<28} {'scene':<12} {'rgb mean/max':>16} {'alpha mean/max':>16} "
+                     f"{'depth mean/max':>16} {'worst grad rel':>22} {'pass':>5}")
+        for row in backends["comparisons"]:
+            if "error" in row:
+                lines.append(f"{row['backend']:<28} {row['resolution']}^2/{row['gaussians']:<6} ERROR {row['error']}")
+                continue
+            grads = {k[5:-4]: v for k, v in row.items() if k.startswith("grad_")}
+            worst = max(grads, key=grads.get)
+            lines.append(f"{row['backend']:<28} {row['resolution']:>3}^2/{row['gaussians']:<6} "
+                         + " ".join(f"{row[f'{k}_mean']:>7.1e}/{row[f'{k}_max']:<7.1e}" for k in ("colors", "alphas", "depths"))
+                         + f" {worst + ' ' + format(grads[worst], '.1e'):>22} {'yes' if row['passed'] else 'NO':>5}")
+    if backends.get("timings"):
+        lines.append("")
+        lines.append(f"{'backend':<28} {'resolution':>10} {'Gaussians':>10} {'fwd+bwd ms':>11} {'peak MiB':>9}")
+        for row in backends["timings"]:
+            lines.append(f"{row['backend']:<28} {row['resolution']:>8}^2 {row['gaussians']:>10} "
+                         f"{row.get('fwd_bwd_ms', 'ERROR'):>11} {row.get('peak_mib', '-'):>9}"
+                         + (f"  {row['error']}" if "error" in row else ""))
+    lines.append("")
+    lines.append(summary.get("verdict", ""))
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict, out: Path, started: float) -> str:
+    summary["total_s"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    table = summary_table(summary)
+    (out / "summary.txt").write_text(table + "\n")
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="folder for summary.json, summary.txt and the logs")
+    parser.add_argument("--deps", type=Path, default=REPO / ".gpu-deps", help="what scripts/gather_gpu_deps.sh made")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stabledreamer-gpu-check"),
+                        help="scratch folder (installed packages, builds, smoke run)")
+    parser.add_argument("--stage", choices=["backends"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage-json", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.stage == "backends":
+        backends_stage(args.stage_json)
+        return EXIT_OK
+    if args.out is None:
+        parser.print_usage(sys.stderr)
+        print("gpu_check: --out DIR is required", file=sys.stderr)
+        return EXIT_USAGE
+
+    started = time.perf_counter()
+    out, work = args.out.resolve(), args.work.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    summary = {"stages": {}, "limits_s": LIMITS_S}
+    stages = summary["stages"]
+
+    install_log = Log(out / "install.log")
+    site, backend_site = work / "site", work / "backends"
+    for folder in (site, backend_site):
+        shutil.rmtree(folder, ignore_errors=True)
+    stages["install"] = install(args.deps.resolve(), site, backend_site, install_log)
+    paths = [str(site), str(link_extension(work))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "PATH": os.pathsep.join([str(site / "bin"), os.environ.get("PATH", "")]),
+           "TORCH_EXTENSIONS_DIR": str(work / "torch_extensions"),
+           "STABLEDREAMER_TINY_MODELS": str(work / "tiny-models"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        summary["environment"] = info = probe(env, install_log)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        install_log.write(str(error))
+        stages["install"]["status"] = "failed (environment probe)"
+        summary["verdict"] = "FAILED: the environment probe failed (see install.log)"
+        print(write_summary(summary, out, started))
+        return EXIT_FAILED
+    missing = [d for d, v in info["imports"].items() if str(v).startswith("NOT IMPORTABLE")]
+    if missing:
+        stages["install"]["status"] = f"failed (not importable: {', '.join(missing)})"
+    write_summary(summary, out, started)
+
+    cuda = bool(info["cuda"])
+    builds_log = Log(out / "builds.log")
+    backend_env = {**env, "PYTHONPATH": os.pathsep.join([str(backend_site), env["PYTHONPATH"]])}
+    builds = start_builds(args.deps.resolve(), work, backend_env, info["capability"], builds_log) if cuda else {}
+
+    stages["tests"] = run_tests("cuda" if cuda else "cpu", env, work, Log(out / "tests.log"))
+    print(f"tests: {stages['tests']}", flush=True)
+    write_summary(summary, out, started)
+
+    if cuda:
+        stages["smoke"] = run_smoke(env, work, Log(out / "smoke.log"))
+        print(f"smoke: {stages['smoke']['status']}", flush=True)
+        write_summary(summary, out, started)
+        built = finish_builds(builds, work, builds_log)
+        for name, result in built["results"].items():
+            stages[f"build {name}"] = result
+        backend_env["PYTHONPATH"] = os.pathsep.join([*built["paths"], backend_env["PYTHONPATH"]])
+        write_summary(summary, out, started)
+
+    stages["backends"] = run_backends(backend_env, work, Log(out / "backends.log"))
+    failed = [name for name, stage in stages.items() if stage.get("status") != "ok"]
+    if not cuda:
+        summary["verdict"] = (f"NO CUDA: torch.cuda.is_available() is False here; only the CPU-side parts ran "
+                              f"({'all passed' if not failed else 'failed: ' + ', '.join(failed)}). "
+                              f"Run this on a machine with an NVIDIA GPU. Exit status {EXIT_NO_CUDA}.")
+        code = EXIT_NO_CUDA
+    else:
+        summary["verdict"] = "PASSED: every stage passed" if not failed else f"FAILED: {', '.join(failed)}"
+        code = EXIT_OK if not failed else EXIT_FAILED
+    print(write_summary(summary, out, started), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
