@@ -344,6 +344,9 @@ def backends_stage(json_path: Path) -> None:
 
     def scene_on_device(resolution, count, seed=0):
         scene = {k: v.to(device) for k, v in make_scene(count, seed).items()}
+        # Quaternions of other lengths than one: every backend must normalise them.
+        lengths = torch.linspace(0.5, 2.0, count, device=device).unsqueeze(-1)
+        scene["quats"] = scene["quats"] * lengths
         viewmats, Ks = (t.to(device) for t in make_camera(resolution, distance=CAMERA_DISTANCE))
         return scene, viewmats, Ks
 

@@ -44,6 +44,10 @@ def rasterize_with_diff_gaussian_rasterization(
 
     num_views, num_gaussians = viewmats.shape[0], means.shape[0]
     opacities = opacities.reshape(num_gaussians, 1)
+    # The reference kernels build R from the quaternion as given and return the gradient
+    # of that polynomial; normalising here keeps the torch backend's contract (any
+    # non-zero quaternion) in the forward and in the gradient.
+    unit_quats = F.normalize(quats, dim=-1)
     tan_x, tan_y = tan_half_fov(Ks, height, width)
     centers = camera_centers(viewmats)
     viewspace_points = torch.zeros(num_views, num_gaussians, 2, dtype=means.dtype,
@@ -70,7 +74,7 @@ def rasterize_with_diff_gaussian_rasterization(
 
         def render(**colour):
             result = rasterizer(means3D=means, means2D=means2d, opacities=opacities,
-                                scales=scales, rotations=quats, **colour)
+                                scales=scales, rotations=unit_quats, **colour)
             return result[0], result[1]
 
         if colors is None:
