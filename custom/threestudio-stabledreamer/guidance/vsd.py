@@ -164,15 +164,16 @@ class VSDGuidance(BaseModule, StableDiffusionGuidance):
                     {"lora_A": module.lora_A, "lora_B": module.lora_B}
                 )
         self.lora_layers = nn.ModuleDict(layers).to(self.device, torch.float32)
-        self.lora_layers.requires_grad_(True)
-        self._set_lora_enabled(False)
         time_embedding_width = self.unet_lora.time_embedding.linear_2.out_features
         self.camera_embedding = TimestepEmbedding(16, time_embedding_width).to(self.device)
+        self._set_lora_enabled(False)
 
     def _set_lora_enabled(self, enabled: bool) -> None:
         for module in self.unet_lora.modules():
             if isinstance(module, self._tuner_layer_class):
                 module.enable_adapters(enabled)
+        # peft also freezes disabled adapters; they stay trainable for the system's optimizer
+        self.lora_layers.requires_grad_(True)
         self.unet_lora.class_embedding = self.camera_embedding if enabled else None
 
     @contextlib.contextmanager
