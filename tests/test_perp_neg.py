@@ -270,6 +270,9 @@ def test_perp_neg_matches_threestudio(name, cameras, tiny_models, perp_neg_promp
         reference = theirs(render_theirs, pu, elevation, azimuth, distance, **extra)
     (grad_theirs,) = torch.autograd.grad(reference["loss_sds"], render_theirs)
 
+    # (the loss values differ by design: ours is the reconstruction loss, threestudio's
+    # 0.5 ||grad||^2; the gradients are the same)
     relative = ((grad_ours - grad_theirs).norm() / grad_theirs.norm()).item()
+    print(f"Perp-Neg vs threestudio ({name}, {cameras}): gradient relative error {relative:.2e}, "
+          f"max abs {(grad_ours - grad_theirs).abs().max().item():.2e}")
     assert relative < 1e-4, relative
-    assert abs(out["loss_sds"].item() - reference["loss_sds"].item()) <= 1e-4 * reference["loss_sds"].item()
