@@ -5,8 +5,8 @@ on the tiny models, at the sizes of ``configs/stabledreamer-cpu.yaml``.
   except the guidance sections (``guidance_keys``) and keys the caller sets itself;
 - each stage's prompt processor and guidance load the tiny model of their kind (DeepFloyd
   IF or Stable Diffusion), guidances at the CPU config's render resolution for that kind;
-- threestudio's ``stable-diffusion-vsd-guidance`` in float32 (its default is float16 weights,
-  for a GPU) with the tiny Stable Diffusion as its LoRA model as well.
+- VSD guidances with the tiny Stable Diffusion as their LoRA model as well, threestudio's
+  ``stable-diffusion-vsd-guidance`` in float32 (its default is float16 weights, for a GPU).
 """
 import json
 from pathlib import Path
@@ -64,9 +64,11 @@ def cpu_size_overrides(given: Iterable[str] = ()) -> List[str]:
     ]
 
 
-def tiny_model_overrides(name: str, tiny_models: Dict[str, Path]) -> List[str]:
-    """Every stage of config ``name`` on the tiny model its prompt processor names."""
-    system, cpu_system = load(name)["system"], load("stabledreamer-cpu")["system"]
+def tiny_model_overrides(config, tiny_models: Dict[str, Path]) -> List[str]:
+    """Every stage of ``config`` (a config's name, or its loaded dict) on the tiny model its
+    prompt processor names."""
+    system = (load(config) if isinstance(config, str) else config)["system"]
+    cpu_system = load("stabledreamer-cpu")["system"]
     overrides = []
     for processor, guidance in STAGE_SLOTS:
         processor_type = system.get(f"{processor}_type")
@@ -82,9 +84,8 @@ def tiny_model_overrides(name: str, tiny_models: Dict[str, Path]) -> List[str]:
         ]
         if "render_resolution" in system[guidance]:
             overrides.append(override(f"system.{guidance}.render_resolution", cpu_guidance["render_resolution"]))
+        if "pretrained_model_name_or_path_lora" in system[guidance]:
+            overrides.append(override(f"system.{guidance}.pretrained_model_name_or_path_lora", model))
         if system[f"{guidance}_type"] == "stable-diffusion-vsd-guidance":
-            overrides += [
-                override(f"system.{guidance}.pretrained_model_name_or_path_lora", model),
-                override(f"system.{guidance}.half_precision_weights", False),
-            ]
+            overrides.append(override(f"system.{guidance}.half_precision_weights", False))
     return overrides
