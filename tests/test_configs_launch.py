@@ -96,7 +96,19 @@ def test_prolificdreamer_commented_threestudio_vsd_alternative(user_dir, tiny_mo
     _train_through_the_launcher(name, config, path, user_dir, tiny_models, tag="threestudio-vsd")
 
 
-def _train_through_the_launcher(name, config, config_path, user_dir, tiny_models, tag=""):
+@pytest.mark.parametrize("name", ["stabledreamer"])
+def test_perp_neg_trains_with_both_guidances(name, user_dir, tiny_models):
+    """threestudio's ``use_perp_neg: true`` in both stages (DeepFloyd IF, then Stable Diffusion)."""
+    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+    assert {config["system"]["guidance_type"], config["system"]["guidance_stage2_type"]} == {
+        "stabledreamer-deep-floyd-guidance", "stabledreamer-stable-diffusion-guidance"
+    }
+    perp_neg = ["system.prompt_processor.use_perp_neg=true", "system.prompt_processor_stage2.use_perp_neg=true"]
+    _train_through_the_launcher(name, config, CONFIGS / f"{name}.yaml", user_dir, tiny_models,
+                                tag="-perp-neg", extra=perp_neg)
+
+
+def _train_through_the_launcher(name, config, config_path, user_dir, tiny_models, tag="", extra=()):
     system = config["system"]
     used = {system.get(f"{guidance}_type") for _, guidance in STAGE_SLOTS}
     if not USES_REAL_THREESTUDIO and used & THREESTUDIO_GUIDANCES:
@@ -114,6 +126,7 @@ def _train_through_the_launcher(name, config, config_path, user_dir, tiny_models
         f"data.resolution_milestones=[{SWITCH_STEP}]",
         f"data.n_test_views={TEST_VIEWS}",
         f"exp_root_dir={outputs}",
+        *extra,
     ]
     if used & VSD_GUIDANCES:
         # VSD's gradient (CFG 7.5, against the LoRA's estimate) is far weaker than SDS's at
