@@ -35,6 +35,9 @@ setup(
         "typeguard",
         "sentencepiece",
         "accelerate",
+        # LoRA of stabledreamer-vsd-guidance; with threestudio's transformers 4.28.1 it
+        # must be < 0.14 (0.14 imports transformers' Cache classes, added in 4.36).
+        "peft>=0.10",
         "imageio[ffmpeg]>=2.28",
         "plyfile>=0.9",
         "trimesh>=3.20",

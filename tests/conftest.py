@@ -1,10 +1,15 @@
-"""Test set-up: threestudio (real, or the stand-in in tests/threestudio_standin) and tiny models.
+"""Test set-up: which threestudio the tests run against, and the tiny models.
 
-When ``import threestudio`` fails, the stand-in mirroring threestudio 0.2.3's API is put
-on ``sys.path`` before anything imports the extension; when real threestudio is
-importable, the same tests run against it.
+- ``THREESTUDIO_ROOT=DIR``: the real threestudio checkout in DIR (0.2.3). Without CUDA,
+  ``tests/threestudio_cpu_shims.py`` makes it run on the CPU; launcher runs go through
+  ``tests/threestudio_cpu_launch.py``, which applies the same shims around DIR's own
+  ``launch.py``.
+- Otherwise: the stand-in in ``tests/threestudio_standin`` (threestudio 0.2.3's API for what
+  the extension uses) and its ``launch.py``.
+
+Either is put on ``sys.path`` (and ``PYTHONPATH``, for subprocesses) before anything
+imports the extension. ``LAUNCHER`` is the launcher script the end-to-end tests run.
 """
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -12,17 +17,53 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STANDIN_DIR = REPO_ROOT / "tests" / "threestudio_standin"
+TESTS_DIR = REPO_ROOT / "tests"
+STANDIN_DIR = TESTS_DIR / "threestudio_standin"
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if importlib.util.find_spec("threestudio") is None:
+
+def _real_threestudio_root():
+    value = os.environ.get("THREESTUDIO_ROOT")
+    if not value:
+        return None
+    root = Path(value).resolve()
+    if not (root / "launch.py").is_file() or not (root / "threestudio" / "__init__.py").is_file():
+        raise pytest.UsageError(
+            f"THREESTUDIO_ROOT='{value}' is not a threestudio checkout: expected launch.py and "
+            "threestudio/__init__.py in it"
+        )
+    return root
+
+
+THREESTUDIO_ROOT = _real_threestudio_root()
+USES_REAL_THREESTUDIO = THREESTUDIO_ROOT is not None
+THREESTUDIO_DIR = THREESTUDIO_ROOT if USES_REAL_THREESTUDIO else STANDIN_DIR
+LAUNCHER = TESTS_DIR / "threestudio_cpu_launch.py" if USES_REAL_THREESTUDIO else STANDIN_DIR / "launch.py"
+
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(THREESTUDIO_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+if USES_REAL_THREESTUDIO:
+    import threestudio_cpu_shims
+
+    threestudio_cpu_shims.install(THREESTUDIO_ROOT)
+else:
     sys.path.insert(0, str(STANDIN_DIR))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(STANDIN_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+
+
+def pytest_report_header(config):
+    import threestudio
+
+    import torch
+
+    kind = "real" if USES_REAL_THREESTUDIO else "stand-in"
+    header = f"threestudio: {kind} {threestudio.__version__} at {Path(threestudio.__file__).parent.parent}"
+    if USES_REAL_THREESTUDIO and not torch.cuda.is_available():
+        header += " (no CUDA: with tests/threestudio_cpu_shims.py)"
+    return header
 
 
 @pytest.fixture(scope="session")

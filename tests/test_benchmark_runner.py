@@ -1,5 +1,6 @@
 """The benchmark runner: run planning, the measuring wrapper, the whole runner on a fake
-launcher (fast), and end to end on the stand-in threestudio with the real configs."""
+launcher (fast), and end to end through the launcher in use (``conftest.LAUNCHER``) with
+the real configs."""
 import csv
 import json
 import re
@@ -25,6 +26,9 @@ from threestudio_stabledreamer.benchmark.runs import (
     rgb_panel,
 )
 from threestudio_stabledreamer.benchmark.video_grid import MIN_TILE_HEIGHT, read_video_frames
+
+from conftest import LAUNCHER
+from tiny_run_overrides import CONFIGS, GUIDANCE_SYSTEM_KEYS, cpu_size_overrides, tiny_model_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -362,7 +366,6 @@ def test_missing_clip_model_fails_before_any_run(tmp_path):
 
 # ---------------------------------------------------------------- the comparison configs
 
-CONFIGS = REPO_ROOT / "configs"
 # comparison config -> the StableDreamer config it changes the guidance of (VSD's LoRA must
 # train throughout, so ProlificDreamer builds on the single-stage SD ablation)
 COMPARISON_BASES = {
@@ -371,13 +374,8 @@ COMPARISON_BASES = {
     "gaussian-prolificdreamer": "stabledreamer-sd-only",
 }
 # What a comparison config may change: the stage slots' prompt processors and guidances,
-# when stage 2 starts, the weights of the guidance's own loss terms, trainable guidance
-# parameter groups, and its name.
-GUIDANCE_SYSTEM_KEYS = (
-    "stage2_start_step",
-    "prompt_processor_type", "prompt_processor", "guidance_type", "guidance",
-    "prompt_processor_stage2_type", "prompt_processor_stage2", "guidance_stage2_type", "guidance_stage2",
-)
+# when stage 2 starts (GUIDANCE_SYSTEM_KEYS), the weights of the guidance's own loss terms,
+# trainable guidance parameter groups, and its name.
 GUIDANCE_LOSS_KEYS = ("lambda_sds", "lambda_sds_img", "lambda_vsd", "lambda_lora")
 
 
@@ -450,68 +448,30 @@ def test_hifa_config_anneals_by_sqrt_with_the_image_loss(tmp_path):
 
 
 def test_prolificdreamer_config_uses_threestudio_vsd_with_its_lora_group(tmp_path):
+    from threestudio.utils.misc import C
+
     system = resolved("gaussian-prolificdreamer", tmp_path).system
     assert system.stage2_start_step == 0
     assert system.guidance_stage2_type == "stable-diffusion-vsd-guidance"
     assert system.prompt_processor_stage2_type == "stable-diffusion-prompt-processor"
     assert system.prompt_processor_stage2.prompt == "a corgi"
     assert system.guidance_stage2.guidance_scale == 7.5
+    # ProlificDreamer's t range: U(0.02, 0.98) T, then U(0.02, 0.5) T after 5000 steps
+    schedule = system.guidance_stage2.max_step_percent
+    assert [C(schedule, 0, step) for step in (0, 5000, 5001, 8000)] == [0.98, 0.98, 0.5, 0.5]
+    assert system.guidance_stage2.min_step_percent == 0.02
     assert system.optimizer.params.guidance_stage2.lr == pytest.approx(1e-4)
     assert system.loss.lambda_vsd > 0 and system.loss.lambda_lora > 0
     assert "lambda_sds" not in system.loss
 
 
-# ---------------------------------------------------------------- end to end on the stand-in
+# ---------------------------------------------------------------- end to end through the launcher
 
-STANDIN_LAUNCHER = REPO_ROOT / "tests" / "threestudio_standin" / "launch.py"
 E2E_STEPS = 2
 E2E_TEST_VIEWS = 4
 
 
-def flat_leaves(node, prefix=""):
-    """{dotted.key: value} of a YAML config's leaves (lists are leaves), interpolations kept."""
-    if isinstance(node, dict) and node:
-        leaves = {}
-        for key, value in node.items():
-            leaves.update(flat_leaves(value, f"{prefix}{key}."))
-        return leaves
-    return {prefix[:-1]: node}
-
-
-def override(key, value):
-    if isinstance(value, str):
-        return f'{key}="{value}"'
-    return f"{key}={json.dumps(value)}"
-
-
-def cpu_size_overrides(tiny_models, global_overrides):
-    """The comparison configs at stabledreamer-cpu.yaml's sizes on the tiny Stable Diffusion:
-    every non-guidance value that the CPU config changes (unless the run overrides it for all
-    methods), then the guidance's model and size."""
-    main = flat_leaves(OmegaConf.to_container(OmegaConf.load(CONFIGS / "stabledreamer.yaml")))
-    cpu_config = OmegaConf.to_container(OmegaConf.load(CONFIGS / "stabledreamer-cpu.yaml"))
-    cpu = flat_leaves(cpu_config)
-    guidance_prefixes = tuple(f"system.{key}" for key in GUIDANCE_SYSTEM_KEYS)
-    given = {item.split("=", 1)[0] for item in global_overrides}
-    sizes = [
-        override(key, value)
-        for key, value in cpu.items()
-        if key != "name"
-        and key not in given
-        and not key.startswith(guidance_prefixes)
-        and main.get(key, object()) != value
-    ]
-    model = str(tiny_models["stable-diffusion"])
-    stage2 = cpu_config["system"]
-    return sizes + [
-        override("system.prompt_processor.pretrained_model_name_or_path", model),
-        override("system.prompt_processor.spawn", stage2["prompt_processor_stage2"]["spawn"]),
-        override("system.guidance.pretrained_model_name_or_path", model),
-        override("system.guidance.render_resolution", stage2["guidance_stage2"]["render_resolution"]),
-    ]
-
-
-def test_runner_end_to_end_on_the_standin(tmp_path, tiny_models, capsys, monkeypatch):
+def test_runner_end_to_end_through_the_launcher(tmp_path, tiny_models, capsys, monkeypatch):
     monkeypatch.setenv("STABLEDREAMER_TINY_MODELS", str(Path(tiny_models["clip"]).parent))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a hamburger\na zoomed out DSLR photo of a corgi wearing a top hat\n")
@@ -523,14 +483,15 @@ def test_runner_end_to_end_on_the_standin(tmp_path, tiny_models, capsys, monkeyp
         f"data.n_test_views={E2E_TEST_VIEWS}",
         "system.export_on_fit_end=false",
     ]
+    given = {item.split("=", 1)[0] for item in global_overrides}
     per_method = [
         arg
         for method in methods[1:]
-        for item in cpu_size_overrides(tiny_models, global_overrides)
+        for item in cpu_size_overrides(given) + tiny_model_overrides(method, tiny_models)
         for arg in ("--method-override", method, item)
     ]
     argv = [
-        "--launcher", str(STANDIN_LAUNCHER), "--launcher-cwd", str(REPO_ROOT),
+        "--launcher", str(LAUNCHER), "--launcher-cwd", str(REPO_ROOT),
         "--configs", *[str(CONFIGS / f"{m}.yaml") for m in methods],
         "--prompts", str(prompts), "--out", str(out), "--gpus", "cpu",
         "--clip-model", str(tiny_models["clip"]), "--progress-interval", "5",

@@ -62,10 +62,10 @@ def clip_text_encoder(path):
 
 
 @functools.lru_cache(maxsize=None)
-def t5_text_encoder(path):
+def t5_text_encoder(path, dtype=torch.float32):
     return (
         T5Tokenizer.from_pretrained(path, subfolder="tokenizer"),
-        T5EncoderModel.from_pretrained(path, subfolder="text_encoder"),
+        T5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype),
     )
 
 
@@ -77,9 +77,9 @@ def encode_clip(path, prompts):
         return encoder(ids).last_hidden_state
 
 
-def encode_t5(path, prompts):
+def encode_t5(path, prompts, dtype=torch.float32):
     """Direct T5 encoding as DeepFloyd IF conditions on it (77 tokens, masked padding)."""
-    tokenizer, encoder = t5_text_encoder(path)
+    tokenizer, encoder = t5_text_encoder(path, dtype)
     tokens = tokenizer(
         prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
     )
@@ -200,15 +200,17 @@ def test_if_unet_runs_on_deepfloyd_prompt_processor_embeddings(tiny_models, if_p
     azimuth = torch.tensor([0.0, 180.0])
     embeddings = processor().get_text_embeddings(elevation, azimuth, torch.ones(2))
 
-    expected = encode_t5(
-        path, [f"{PROMPT}, front view", f"{PROMPT}, overhead view", NEGATIVE, NEGATIVE]
-    )
+    # threestudio encodes with T5 in float16 (the 8-bit model on CUDA)
+    prompts = [f"{PROMPT}, front view", f"{PROMPT}, overhead view", NEGATIVE, NEGATIVE]
+    expected = encode_t5(path, prompts, torch.float16)
     assert embeddings.shape == (4, 77, 32)
+    assert embeddings.dtype == torch.float16
     torch.testing.assert_close(embeddings, expected)
+    torch.testing.assert_close(embeddings.float(), encode_t5(path, prompts), atol=2e-2, rtol=2e-2)
 
     with torch.no_grad():
         out = if_pipe.unet(
-            torch.randn(4, 3, 64, 64), torch.tensor([999, 500, 999, 500]), embeddings
+            torch.randn(4, 3, 64, 64), torch.tensor([999, 500, 999, 500]), embeddings.float()
         )
     assert out.sample.shape == (4, 6, 64, 64)
     assert torch.isfinite(out.sample).all()
@@ -251,6 +253,29 @@ def test_sd_unet_runs_on_stable_diffusion_prompt_processor_embeddings(sd_pipe, s
         out = sd_pipe.unet(torch.randn(2, 4, 64, 64), torch.full((2,), 500), embeddings)
     assert out.sample.shape == (2, 4, 64, 64)
     assert torch.isfinite(out.sample).all()
+
+
+def test_sd_unet_takes_prolificdreamers_1280_wide_camera_embedding(sd_pipe, sd_output):
+    """threestudio's stable-diffusion-vsd-guidance sets ``class_embedding`` to a
+    ``TimestepEmbedding(16, 1280)`` of the flattened camera matrix, added to the UNet's time
+    embedding: the tiny UNet has the real width there and stays tiny elsewhere."""
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    unet = sd_pipe.unet
+    assert unet.time_embedding.linear_2.out_features == 1280
+    assert sum(p.numel() for p in unet.parameters()) < 4_000_000
+    embeddings = sd_output.get_text_embeddings(torch.zeros(1), torch.tensor([90.0]), torch.ones(1))
+    torch.manual_seed(0)
+    noisy = torch.randn(2, 4, 32, 32)
+    try:
+        unet.class_embedding = TimestepEmbedding(16, 1280)
+        with torch.no_grad():
+            cameras = [torch.randn(2, 16) for _ in range(2)]
+            outs = [unet(noisy, torch.full((2,), 500), embeddings, class_labels=c).sample for c in cameras]
+    finally:
+        unet.class_embedding = None
+    assert outs[0].shape == (2, 4, 32, 32)
+    assert not torch.allclose(outs[0], outs[1])  # the camera reaches the prediction
 
 
 # ----------------------------------------------------------------------------- prompt processors

@@ -38,7 +38,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SEED = 0
 MARKER_NAME = "tiny-models.json"
 MODEL_NAMES = ("deepfloyd-if", "stable-diffusion", "stable-diffusion-v", "clip")
@@ -50,6 +50,9 @@ CLIP_IMAGE_SIZE = 32
 SD_VAE_SCALING_FACTOR = 0.18215
 IF_SAMPLE_SIZE = 64
 SD_LATENT_SAMPLE_SIZE = 64
+# Stable Diffusion's time-embedding width (4 x 320). threestudio's
+# stable-diffusion-vsd-guidance adds a camera embedding of this fixed width to it.
+SD_TIME_EMBEDDING_WIDTH = 1280
 
 CORPUS = (
     "a hamburger",
@@ -415,7 +418,10 @@ def _prefix_clip_text_weights(weights_file: Path) -> None:
 def _tiny_sd_unet():
     """SD 2.x UNet structure (linear-projection transformers, cross-attention on the CLIP
     hidden states) at toy width: latent 4 -> 4 channels, 64x64 latents for 512x512 images.
-    Attention only at the coarsest level (16x16 for 64x64 latents) keeps it cheap on CPU."""
+    Attention only at the coarsest level (16x16 for 64x64 latents) keeps it cheap on CPU.
+    The time embedding keeps the real model's width (``SD_TIME_EMBEDDING_WIDTH``), so that
+    guidances which add an embedding of that width to it (ProlificDreamer's camera
+    embedding) run on it; only the per-ResNet projections from it grow."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(SEED)
@@ -431,6 +437,7 @@ def _tiny_sd_unet():
         attention_head_dim=(2, 4, 4),
         use_linear_projection=True,
         norm_num_groups=8,
+        time_embedding_dim=SD_TIME_EMBEDDING_WIDTH,
     )
     return _round_to_half_precision(unet)
 

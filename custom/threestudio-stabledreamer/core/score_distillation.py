@@ -81,6 +81,68 @@ def classifier_free_guidance(
     return eps_text + guidance_scale * (eps_text - eps_uncond)
 
 
+def perpendicular_component(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The part of each sample of x [B, ...] orthogonal to the same sample of y [B, ...].
+
+    x - (<x, y> / max(<y, y>, 1e-6)) y, with inner products over all non-batch dimensions
+    (threestudio's floor on <y, y> keeps a zero y from dividing by zero).
+    """
+    dims = tuple(range(1, x.dim()))
+    projection = (x * y).sum(dim=dims) / (y * y).sum(dim=dims).clamp_min(1e-6)
+    return x - _per_sample(projection, x) * y
+
+
+def perp_neg_guidance(
+    eps_text: torch.Tensor,
+    eps_uncond: torch.Tensor,
+    eps_negative: torch.Tensor,
+    negative_weights: torch.Tensor,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """Perp-Neg (Armandpour et al., arXiv 2304.04968) guided noise, as threestudio computes it.
+
+    ``eps_text``, ``eps_uncond`` [B, ...]; ``eps_negative`` [B, K, ...], the predictions
+    for the K negative (other-view) prompts of each sample; ``negative_weights`` [B, K],
+    the prompt processor's weights (already negative: threestudio's
+    ``get_text_embeddings_perp_neg``). With e_pos = eps_text - eps_uncond and
+    e_k = eps_negative_k - eps_uncond,
+
+        eps_hat = eps_uncond + s (e_pos + sum_k w_k perp(e_k, e_pos)),
+
+    where perp removes the component along e_pos, so a negative view prompt only pushes
+    away from what the positive prompt does not already ask for. Note the scale: this is
+    the usual form eps_uncond + s (...), as threestudio's Perp-Neg branch uses it, not
+    threestudio's plain form of ``classifier_free_guidance`` (which equals scale s + 1);
+    the same ``guidance_scale`` therefore guides slightly less with Perp-Neg, exactly as
+    in threestudio.
+    """
+    e_pos = eps_text - eps_uncond
+    accumulated = torch.zeros_like(e_pos)
+    for k in range(eps_negative.shape[1]):
+        e_k = eps_negative[:, k] - eps_uncond
+        accumulated = accumulated + _per_sample(
+            negative_weights[:, k], e_pos
+        ) * perpendicular_component(e_k, e_pos)
+    return eps_uncond + guidance_scale * (e_pos + accumulated)
+
+
+def vsd_target(
+    x: torch.Tensor, x0_pretrained: torch.Tensor, x0_lora: torch.Tensor
+) -> torch.Tensor:
+    """Reconstruction target of variational score distillation (ProlificDreamer).
+
+    VSD's gradient is w(t)(eps_pretrained - eps_lora), the pretrained model's guided noise
+    against that of the LoRA model fitted to the renders. Both read as denoised estimates
+    (``predicted_x0``) of the same x_t: x0_lora - x0_pretrained = (s_t / a_t)(eps_pretrained
+    - eps_lora). So with the target x - (x0_lora - x0_pretrained), the reconstruction loss
+    with weight c(t) = w(t) a_t / s_t has exactly the VSD gradient: the render is pulled
+    towards what the pretrained model sees in x_t, away from what the model of the current
+    renders sees. Were the LoRA model to predict the added noise exactly (x0_lora = x), the
+    target would be x0_pretrained and the loss SDS's reconstruction loss.
+    """
+    return x.detach() - (x0_lora - x0_pretrained)
+
+
 def add_noise(x: torch.Tensor, noise: torch.Tensor, alphas_cumprod_t: torch.Tensor) -> torch.Tensor:
     """x_t = a_t x + s_t eps."""
     a_t, s_t = signal_and_noise_scales(alphas_cumprod_t)

@@ -1,16 +1,20 @@
-"""Score-distillation guidance: DeepFloyd IF (pixel space) and Stable Diffusion (latent space).
+"""Score-distillation guidance: DeepFloyd IF (pixel space) and Stable Diffusion (latent
+space), as SDS, and ProlificDreamer's VSD on Stable Diffusion.
 
-Importing this package registers ``stabledreamer-deep-floyd-guidance`` and
-``stabledreamer-stable-diffusion-guidance`` with threestudio.
+Importing this package registers ``stabledreamer-deep-floyd-guidance``,
+``stabledreamer-stable-diffusion-guidance`` and ``stabledreamer-vsd-guidance`` with
+threestudio.
 """
 
 from .base import DiffusionModelUnavailableError, ScoreDistillationGuidance
 from .deep_floyd import DeepFloydGuidance
 from .stable_diffusion import StableDiffusionGuidance
+from .vsd import VSDGuidance
 
 __all__ = [
     "DiffusionModelUnavailableError",
     "ScoreDistillationGuidance",
     "DeepFloydGuidance",
     "StableDiffusionGuidance",
+    "VSDGuidance",
 ]

@@ -68,6 +68,7 @@ class ScoreDistillationGuidance(BaseObject):
     MODEL_LABEL = "diffusion model"
     HOW_TO_GET = ""
     MODEL_ATTRIBUTES: Tuple[str, ...] = ("unet",)
+    LOSS_NAME = "loss_sds"
 
     def configure(self) -> None:
         self._validate_config()
@@ -83,8 +84,12 @@ class ScoreDistillationGuidance(BaseObject):
             f"Loading {self.MODEL_LABEL} from {self.cfg.pretrained_model_name_or_path} ..."
         )
         self._load_models()
+        prepared = []
         for name in self.MODEL_ATTRIBUTES:
-            self._prepare_model(getattr(self, name), is_unet=name == "unet")
+            model = getattr(self, name)
+            if not any(model is other for other in prepared):  # a model held under two names
+                self._prepare_model(model, is_unet=name.startswith("unet"))
+                prepared.append(model)
         self._load_schedule()
         self.grad_clip_val: Optional[float] = None
         self.num_nonfinite_total = 0
@@ -118,15 +123,16 @@ class ScoreDistillationGuidance(BaseObject):
         """Set every attribute in ``MODEL_ATTRIBUTES`` from ``pretrained_model_name_or_path``."""
         raise NotImplementedError
 
-    def _load_pretrained(self, component_class, subfolder: str, **kwargs):
-        """``component_class.from_pretrained(source, subfolder=...)`` with a clear error."""
-        source = self.cfg.pretrained_model_name_or_path
+    def _load_pretrained(self, component_class, subfolder: str, source: Optional[str] = None, **kwargs):
+        """``component_class.from_pretrained(source, subfolder=...)`` with a clear error;
+        ``source`` defaults to ``pretrained_model_name_or_path``."""
+        source = source or self.cfg.pretrained_model_name_or_path
         looks_local = (
             os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source)
         )
         if looks_local and not os.path.isdir(os.path.expanduser(source)):
             raise DiffusionModelUnavailableError(
-                self._unavailable_message(f"the directory {source!r} does not exist")
+                self._unavailable_message(f"the directory {source!r} does not exist", source)
             )
         try:
             return component_class.from_pretrained(
@@ -135,14 +141,14 @@ class ScoreDistillationGuidance(BaseObject):
         except (OSError, ValueError) as error:
             raise DiffusionModelUnavailableError(
                 self._unavailable_message(
-                    f"loading its {subfolder!r} failed ({type(error).__name__}: {error})"
+                    f"loading its {subfolder!r} failed ({type(error).__name__}: {error})", source
                 )
             ) from error
 
-    def _unavailable_message(self, reason: str) -> str:
+    def _unavailable_message(self, reason: str, source: str) -> str:
         return (
             f"Cannot load the {self.MODEL_LABEL} "
-            f"(pretrained_model_name_or_path={self.cfg.pretrained_model_name_or_path!r}, "
+            f"(pretrained_model_name_or_path={source!r}, "
             f"variant={self.cfg.variant!r}): {reason}. {self.HOW_TO_GET}"
         )
 
@@ -169,17 +175,25 @@ class ScoreDistillationGuidance(BaseObject):
             model.to(self.device)
 
     def _load_schedule(self) -> None:
+        (
+            self.num_train_timesteps,
+            self.prediction_type,
+            self.alphas_cumprod,
+        ) = self._read_schedule()
+
+    def _read_schedule(self, source: Optional[str] = None) -> Tuple[int, str, torch.Tensor]:
+        """(T, prediction type, alphabar [T] in float32) of ``source``'s scheduler."""
         from diffusers import DDPMScheduler
 
-        scheduler = self._load_pretrained(DDPMScheduler, "scheduler")
-        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type not in sds.PREDICTION_TYPES:
+        scheduler = self._load_pretrained(DDPMScheduler, "scheduler", source)
+        prediction_type = scheduler.config.prediction_type
+        if prediction_type not in sds.PREDICTION_TYPES:
             raise ValueError(
-                f"{self.MODEL_LABEL}: scheduler prediction_type must be one of "
-                f"{sds.PREDICTION_TYPES}, got {self.prediction_type!r}"
+                f"{self.MODEL_LABEL} {source or self.cfg.pretrained_model_name_or_path}: scheduler "
+                f"prediction_type must be one of {sds.PREDICTION_TYPES}, got {prediction_type!r}"
             )
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        return int(scheduler.config.num_train_timesteps), prediction_type, alphas_cumprod
 
     def release(self) -> None:
         """Drop the diffusion model(s) and return their memory (to switch training stages)."""
@@ -219,9 +233,13 @@ class ScoreDistillationGuidance(BaseObject):
         raise NotImplementedError
 
     def _auxiliary_losses(
-        self, image: Optional[torch.Tensor], x0_hat: torch.Tensor, weight: torch.Tensor
+        self,
+        image: Optional[torch.Tensor],
+        estimates: Dict[str, torch.Tensor],
+        weight: torch.Tensor,
     ) -> Dict[str, sds.ReconstructionTerm]:
-        """Further ``loss_*`` reconstruction terms (none by default)."""
+        """Further ``loss_*`` reconstruction terms from the resized render ``image`` and
+        the ``_denoised_estimates`` (none by default)."""
         return {}
 
     def _noise_channels(self, model_output: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -237,35 +255,98 @@ class ScoreDistillationGuidance(BaseObject):
             )
         return model_output
 
+    def _predict_noise(
+        self, unet, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+        alphas_cumprod: torch.Tensor, prediction_type: str, **unet_kwargs,
+    ) -> torch.Tensor:
+        """``unet``'s noise prediction [N,...] in x_t's dtype for x_t [N,...] at t [N].
+
+        v-predictions are converted to noise with ``alphas_cumprod`` (the alphabar of the
+        UNet's own scheduler); ``unet_kwargs`` go to the UNet (class labels, ...).
+        """
+        output = unet(
+            x_t.to(self.weights_dtype),
+            t,
+            encoder_hidden_states=encoder_hidden_states.to(self.weights_dtype),
+            **unet_kwargs,
+        ).sample
+        prediction = self._noise_channels(output.to(x_t.dtype), x_t)
+        if prediction_type == "v_prediction":
+            prediction = sds.epsilon_from_v_prediction(prediction, x_t, alphas_cumprod[t])
+        return prediction
+
     @torch.no_grad()
     def guided_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        negative_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Classifier-free-guided noise prediction eps_hat [B,...] in x_t's dtype.
 
-        ``text_embeddings`` [2B, L, D] is [cond; uncond]; v-predictions are converted to
-        noise before guidance.
+        Without ``negative_weights``: ``text_embeddings`` [2B, L, D] is [cond; uncond] and
+        the guidance is ``sds.classifier_free_guidance``. With Perp-Neg
+        (``negative_weights`` [B, K]): ``text_embeddings`` [(2 + K)B, L, D] is [cond;
+        uncond; negatives], the K negative prompts of sample b in rows 2B + bK .. 2B + bK +
+        K - 1 (threestudio's ``get_text_embeddings_perp_neg``), and the guidance is
+        ``sds.perp_neg_guidance``. Every row is evaluated on its own sample's x_t and t.
+        (threestudio 0.2.3 feeds the negative rows ``cat([x_t] * 4)``, which pairs them
+        with other samples' x_t when B > 1; for B = 1 the two agree.)
         """
-        model_input = torch.cat([x_t, x_t]).to(self.weights_dtype)
-        output = self.unet(
-            model_input,
-            torch.cat([t, t]),
-            encoder_hidden_states=text_embeddings.to(self.weights_dtype),
-        ).sample
-        prediction = self._noise_channels(output.to(x_t.dtype), x_t)
-        if self.prediction_type == "v_prediction":
-            alphas = self.alphas_cumprod[torch.cat([t, t])]
-            prediction = sds.epsilon_from_v_prediction(prediction, torch.cat([x_t, x_t]), alphas)
-        eps_text, eps_uncond = prediction.chunk(2)
+        batch_size = x_t.shape[0]
+        num_negatives = 0 if negative_weights is None else negative_weights.shape[1]
+        sample_index = torch.cat(
+            [
+                torch.arange(batch_size, device=x_t.device).repeat(2),
+                torch.arange(batch_size, device=x_t.device).repeat_interleave(num_negatives),
+            ]
+        )
+        prediction = self._predict_noise(
+            self.unet,
+            x_t[sample_index],
+            t[sample_index],
+            text_embeddings,
+            self.alphas_cumprod,
+            self.prediction_type,
+        )
+        eps_text, eps_uncond = prediction[:batch_size], prediction[batch_size : 2 * batch_size]
+        if negative_weights is None:
+            return self._classifier_free_guidance(eps_text, eps_uncond)
+        eps_negative = prediction[2 * batch_size :].reshape(
+            batch_size, num_negatives, *x_t.shape[1:]
+        )
+        return sds.perp_neg_guidance(
+            eps_text, eps_uncond, eps_negative, negative_weights.to(x_t), self.cfg.guidance_scale
+        )
+
+    def _classifier_free_guidance(self, eps_text: torch.Tensor, eps_uncond: torch.Tensor) -> torch.Tensor:
+        """threestudio's SDS form ``sds.classifier_free_guidance`` with ``guidance_scale``."""
         return sds.classifier_free_guidance(eps_text, eps_uncond, self.cfg.guidance_scale)
 
     def _text_embeddings(
         self, prompt_utils, elevation, azimuth, camera_distances, batch_size: int
-    ) -> torch.Tensor:
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(embeddings, Perp-Neg negative weights [B, K] or None) from the prompt processor.
+
+        The prompt processor's ``use_perp_neg`` selects Perp-Neg, as in threestudio.
+        """
         if getattr(prompt_utils, "use_perp_neg", False):
-            raise ValueError(
-                f"{type(self).__name__} does not implement Perp-Neg; set the prompt processor's use_perp_neg to false"
+            if not self.cfg.view_dependent_prompting:
+                raise ValueError(
+                    "the prompt processor's use_perp_neg=True needs view_dependent_prompting=True "
+                    f"in {type(self).__name__} (Perp-Neg mixes the view prompts), got False"
+                )
+            embeddings, weights = prompt_utils.get_text_embeddings_perp_neg(
+                elevation, azimuth, camera_distances, True
             )
+            rows = (2 + weights.shape[-1]) * batch_size
+            if weights.shape[0] != batch_size or embeddings.dim() != 3 or embeddings.shape[0] != rows:
+                raise ValueError(
+                    "prompt_utils.get_text_embeddings_perp_neg must return ([(2 + K)B, L, D], [B, K]) "
+                    f"for B={batch_size}, got shapes {tuple(embeddings.shape)} and {tuple(weights.shape)}"
+                )
+            return embeddings.to(self.device), weights.to(self.device)
         embeddings = prompt_utils.get_text_embeddings(
             elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
         )
@@ -274,7 +355,25 @@ class ScoreDistillationGuidance(BaseObject):
                 "prompt_utils.get_text_embeddings must return [2B, L, D] ([cond; uncond]) "
                 f"for B={batch_size}, got shape {tuple(embeddings.shape)}"
             )
-        return embeddings.to(self.device)
+        return embeddings.to(self.device), None
+
+    def _denoised_estimates(
+        self, x_t, t, alphas, prompt_utils, elevation, azimuth, camera_distances, **kwargs
+    ) -> Dict[str, torch.Tensor]:
+        """Denoised estimates of x_t [B,...]: ``x0``, the guided x0_hat (pseudo ground truth)."""
+        text_embeddings, negative_weights = self._text_embeddings(
+            prompt_utils, elevation, azimuth, camera_distances, x_t.shape[0]
+        )
+        eps_hat = self.guided_noise(x_t, t, text_embeddings, negative_weights)
+        return {"x0": sds.predicted_x0(x_t, eps_hat, alphas)}
+
+    def _reconstruction_target(self, x: torch.Tensor, estimates: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The target the main loss pulls x towards (SDS: x0_hat itself)."""
+        return estimates["x0"]
+
+    def _further_losses(self, x: torch.Tensor, **kwargs) -> Dict[str, torch.Tensor]:
+        """Losses other than reconstruction terms (none by default)."""
+        return {}
 
     # ------------------------------------------------------------------ contract
 
@@ -293,12 +392,14 @@ class ScoreDistillationGuidance(BaseObject):
     ) -> Dict[str, Any]:
         """Score distillation losses for renders ``rgb`` [B,H,W,C] (RGB in [0, 1]).
 
-        Returns ``loss_sds`` (plus subclass terms), ``grad_norm`` (of the per-element SDS
-        gradient), ``min_step``/``max_step`` (current inclusive timestep range) and
-        ``timesteps`` [B]. ``guidance_eval`` adds ``eval``: RGB images [B,H,W,3] in [0, 1]
-        ``input``, ``noisy`` and ``x0`` (the pseudo ground truth x0_hat) with their ``t``
-        [B]. ``timesteps`` [B] and ``noise`` (shaped like the model-space input) replace
-        the random draws, for reproducible evaluation.
+        Returns ``LOSS_NAME`` (``loss_sds``; plus subclass terms), ``grad_norm`` (of the
+        per-element gradient of that loss), ``min_step``/``max_step`` (current inclusive
+        timestep range) and ``timesteps`` [B]. ``guidance_eval`` adds ``eval``: RGB images
+        [B,H,W,3] in [0, 1] ``input``, ``noisy`` and ``x0`` (the pseudo ground truth
+        x0_hat; subclasses may add further estimates) with their ``t`` [B]. ``timesteps``
+        [B] and ``noise`` (shaped like the model-space input) replace the random draws, for
+        reproducible evaluation. Further keyword arguments (threestudio passes the whole
+        camera batch) go to the subclass hooks.
         """
         self._require_models()
         if rgb.dim() != 4:
@@ -314,28 +415,28 @@ class ScoreDistillationGuidance(BaseObject):
                 raise ValueError(
                     f"noise must have the model-space shape {tuple(x.shape)}, got {tuple(noise.shape)}"
                 )
-            text_embeddings = self._text_embeddings(
-                prompt_utils, elevation, azimuth, camera_distances, batch_size
-            )
-
             alphas = self.alphas_cumprod[t].to(x.dtype)
             x_t = sds.add_noise(x.detach(), noise.to(x), alphas)
-            eps_hat = self.guided_noise(x_t, t, text_embeddings)
-            x0_hat = sds.predicted_x0(x_t, eps_hat, alphas)
+            estimates = self._denoised_estimates(
+                x_t, t, alphas, prompt_utils, elevation, azimuth, camera_distances, **kwargs
+            )
+            target = self._reconstruction_target(x, estimates)
             weight = sds.reconstruction_weight(alphas, self.cfg.weighting_strategy)
-            terms = {"loss_sds": sds.reconstruction_loss(x, x0_hat, weight, self.grad_clip_val)}
-            terms.update(self._auxiliary_losses(image, x0_hat, weight))
+            terms = {self.LOSS_NAME: sds.reconstruction_loss(x, target, weight, self.grad_clip_val)}
+            terms.update(self._auxiliary_losses(image, estimates, weight))
 
             out: Dict[str, Any] = {name: term.loss for name, term in terms.items()}
+            out.update(self._further_losses(x, prompt_utils=prompt_utils, elevation=elevation,
+                                            azimuth=azimuth, camera_distances=camera_distances, **kwargs))
             out.update(
-                grad_norm=terms["loss_sds"].grad.norm(),
+                grad_norm=terms[self.LOSS_NAME].grad.norm(),
                 min_step=self.min_step,
                 max_step=self.max_step,
                 timesteps=t,
             )
             self._count_nonfinite(sum(term.num_nonfinite for term in terms.values()))
             if guidance_eval:
-                out["eval"] = self._evaluation_images(x, x_t, x0_hat, t)
+                out["eval"] = self._evaluation_images(x, x_t, estimates, t)
         return out
 
     def _require_models(self) -> None:
@@ -366,8 +467,8 @@ class ScoreDistillationGuidance(BaseObject):
             )
 
     @torch.no_grad()
-    def _evaluation_images(self, x, x_t, x0_hat, t) -> Dict[str, torch.Tensor]:
-        images = {"input": x, "noisy": x_t, "x0": x0_hat}
+    def _evaluation_images(self, x, x_t, estimates, t) -> Dict[str, torch.Tensor]:
+        images = {"input": x, "noisy": x_t, **estimates}
         return {
             **{
                 name: self._to_rgb(value.detach()).permute(0, 2, 3, 1)

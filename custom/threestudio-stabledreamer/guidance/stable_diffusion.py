@@ -93,9 +93,18 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         return torch.cat([self.decode_latents(x[i : i + 1]) for i in range(x.shape[0])])
 
     def _auxiliary_losses(
-        self, image: Optional[torch.Tensor], x0_hat: torch.Tensor, weight: torch.Tensor
+        self,
+        image: Optional[torch.Tensor],
+        estimates: Dict[str, torch.Tensor],
+        weight: torch.Tensor,
     ) -> Dict[str, sds.ReconstructionTerm]:
         if not self.cfg.use_img_loss:
             return {}
-        target = self.decode_latents(x0_hat)
-        return {"loss_sds_img": sds.reconstruction_loss(image, target, weight, self.grad_clip_val)}
+        target = self._image_target(image, estimates)
+        return {
+            f"{self.LOSS_NAME}_img": sds.reconstruction_loss(image, target, weight, self.grad_clip_val)
+        }
+
+    def _image_target(self, image: torch.Tensor, estimates: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """HiFA's image-space target: the decoded pseudo ground truth decode(x0_hat)."""
+        return self.decode_latents(estimates["x0"])

@@ -358,14 +358,14 @@ class StableDreamerSystem(BaseLift3DSystem):
         return (scales.max(dim=-1).values / self.geometry.scene_extent).mean()
 
     def _save_reconstruction_view(self, render: torch.Tensor, evaluation: Dict[str, Any], step: int, stage: int) -> None:
-        """Save [render | noisy input | x0_hat] per view, as ``recon/stage<k>-it<step>-t<t>.png``."""
+        """Save [render | noisy input | x0_hat] per view, as ``recon/stage<k>-it<step>-t<t>.png``,
+        with VSD's LoRA estimate ``x0_lora`` as a fourth column when the guidance gives it."""
         noisy, x0, levels = _reconstruction_images(evaluation)
+        columns = [render.detach(), noisy.clamp(0, 1), x0.clamp(0, 1)]
+        if "x0_lora" in evaluation:
+            columns.append(evaluation["x0_lora"].clamp(0, 1))
         rows = [
-            [
-                {"type": "rgb", "img": render[i].detach(), "kwargs": {"data_format": "HWC"}},
-                {"type": "rgb", "img": noisy[i].clamp(0, 1), "kwargs": {"data_format": "HWC"}},
-                {"type": "rgb", "img": x0[i].clamp(0, 1), "kwargs": {"data_format": "HWC"}},
-            ]
+            [{"type": "rgb", "img": column[i], "kwargs": {"data_format": "HWC"}} for column in columns]
             for i in range(render.shape[0])
         ]
         label = "-".join(levels)

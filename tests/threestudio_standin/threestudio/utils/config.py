@@ -3,7 +3,9 @@ import os
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 
+import omegaconf
 from omegaconf import OmegaConf
+from packaging import version
 
 import threestudio
 from threestudio.utils.typing import *
@@ -25,8 +27,14 @@ def C_max(value: Any) -> float:
     return max(value[1], value[2])
 
 
-# OmegaConf 2.4 renamed register_new_resolver (threestudio's pin, 2.3) to register_resolver
-_register_resolver = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+# Resolvers taking nested interpolations (``${rmspace:${system.prompt_processor.prompt},_}``)
+# are registered with register_new_resolver in OmegaConf 2.3 (threestudio's pin), whose
+# register_resolver is the legacy API that rejects them; 2.4 renamed the new API to
+# register_resolver and deprecated register_new_resolver.
+if version.parse(omegaconf.__version__) >= version.parse("2.4"):
+    _register_resolver = OmegaConf.register_resolver
+else:
+    _register_resolver = OmegaConf.register_new_resolver
 
 _register_resolver("calc_exp_lr_decay_rate", lambda factor, n: factor ** (1.0 / n))
 _register_resolver("add", lambda a, b: a + b)

@@ -97,3 +97,8 @@ def get_mvp_matrix(
     w2c[:, :3, 3:] = -rot_t @ c2w[:, :3, 3:]
     w2c[:, 3, 3] = 1.0
     return proj_mtx @ w2c
+
+
+def shifted_expotional_decay(a, b, c, r):
+    """a exp(-b r) + c (threestudio's name, spelling included): Perp-Neg's weight curves."""
+    return a * torch.exp(-b * r) + c

@@ -9,8 +9,7 @@ relative to the working directory, one ``[77, D]`` tensor per prompt.
 Differences from threestudio kept on purpose: embeddings are always computed in the
 calling process (``spawn`` is accepted and ignored; threestudio starts a subprocess so the
 encoder's memory is returned), on ``get_device()``; prompt debiasing (which downloads BERT)
-is not available and is rejected when enabled; Perp-Neg is not implemented (the output
-carries ``use_perp_neg`` but has no ``get_text_embeddings_perp_neg``).
+is not available and is rejected when enabled.
 """
 import hashlib
 import json
@@ -22,6 +21,7 @@ import torch
 import threestudio
 from threestudio.utils.base import BaseObject
 from threestudio.utils.misc import barrier, cleanup
+from threestudio.utils.ops import shifted_expotional_decay
 from threestudio.utils.typing import *
 
 CACHE_DIR = ".threestudio_cache/text_embeddings"
@@ -63,6 +63,10 @@ class PromptProcessorOutput:
     directions: List[DirectionConfig]
     direction2idx: Dict[str, int]
     use_perp_neg: bool
+    perp_neg_f_sb: Tuple[float, float, float]
+    perp_neg_f_fsb: Tuple[float, float, float]
+    perp_neg_f_fs: Tuple[float, float, float]
+    perp_neg_f_sf: Tuple[float, float, float]
     prompt: str
     prompts_vd: List[str]
 
@@ -99,6 +103,57 @@ class PromptProcessorOutput:
             uncond = self.uncond_text_embeddings.expand(batch_size, -1, -1)
         return torch.cat([cond, uncond], dim=0)
 
+    def get_text_embeddings_perp_neg(
+        self,
+        elevation: Float[Tensor, "B"],
+        azimuth: Float[Tensor, "B"],
+        camera_distances: Float[Tensor, "B"],
+        view_dependent_prompting: bool = True,
+    ) -> Tuple[Float[Tensor, "BBBB N Nf"], Float[Tensor, "B 2"]]:
+        """Perp-Neg inputs: ``cat([pos, uncond, neg])`` [4B, N, Nf] and weights [B, 2].
+
+        ``pos`` interpolates the view prompts by azimuth a (shifted to [-180, 180)): for
+        |a| < 90, r = 1 - |a| / 90 and pos = r front + (1 - r) side, negatives (front,
+        side) with weights (-f_fs(r), -f_sf(1 - r)); otherwise r = 2 - |a| / 90 and pos =
+        r side + (1 - r) back, negatives (side, front) with weights (-f_sb(r),
+        -f_fsb(r)); f(r) = a exp(-b r) + c with the processor's (a, b, c). Overhead views
+        use the overhead prompt and two unconditional negatives of weight 0. The two
+        negatives of sample b are rows 2B + 2b and 2B + 2b + 1.
+        """
+        if not view_dependent_prompting:
+            raise ValueError("Perp-Neg only works with view-dependent prompting")
+        indices = self.direction_indices(elevation, azimuth, camera_distances)
+        side, front, back, overhead = (self.text_embeddings_vd[i] for i in range(4))
+        positives, uncond, negatives, weights = [], [], [], []
+        for index, azi in zip(indices, azimuth):
+            azi = shift_azimuth_deg(azi)
+            empty = self.uncond_text_embeddings_vd[index]
+            uncond.append(empty)
+            if index.item() == self.direction2idx["overhead"]:
+                positives.append(overhead)
+                negatives += [empty, empty]
+                weights += [0.0, 0.0]
+            elif torch.abs(azi) < 90:
+                r = 1 - torch.abs(azi) / 90
+                positives.append(r * front + (1 - r) * side)
+                negatives += [front, side]
+                weights += [
+                    -shifted_expotional_decay(*self.perp_neg_f_fs, r),
+                    -shifted_expotional_decay(*self.perp_neg_f_sf, 1 - r),
+                ]
+            else:
+                r = 2.0 - torch.abs(azi) / 90
+                positives.append(r * side + (1 - r) * back)
+                negatives += [side, front]
+                weights += [
+                    -shifted_expotional_decay(*self.perp_neg_f_sb, r),
+                    -shifted_expotional_decay(*self.perp_neg_f_fsb, r),
+                ]
+        embeddings = torch.cat(
+            [torch.stack(positives), torch.stack(uncond), torch.stack(negatives)], dim=0
+        )
+        return embeddings, torch.as_tensor(weights, device=elevation.device).reshape(-1, 2)
+
 
 def _azimuth_within(threshold: float, centre: float):
     """Condition: shifted azimuth strictly within ``threshold`` degrees of ``centre``
@@ -132,7 +187,7 @@ class PromptProcessor(BaseObject):
         use_cache: bool = True
         spawn: bool = True
 
-        # Perp-Neg: accepted so real configs parse; only ``use_perp_neg`` is passed on
+        # Perp-Neg: f(r) = a exp(-b r) + c as (a, b, c), see get_text_embeddings_perp_neg
         use_perp_neg: bool = False
         perp_neg_f_sb: Tuple[float, float, float] = (1, 0.5, -0.606)
         perp_neg_f_fsb: Tuple[float, float, float] = (1, 0.5, +0.967)
@@ -295,6 +350,10 @@ class PromptProcessor(BaseObject):
             directions=self.directions,
             direction2idx=self.direction2idx,
             use_perp_neg=self.cfg.use_perp_neg,
+            perp_neg_f_sb=self.cfg.perp_neg_f_sb,
+            perp_neg_f_fsb=self.cfg.perp_neg_f_fsb,
+            perp_neg_f_fs=self.cfg.perp_neg_f_fs,
+            perp_neg_f_sf=self.cfg.perp_neg_f_sf,
             prompt=self.prompt,
             prompts_vd=self.prompts_vd,
         )

@@ -1,8 +1,10 @@
 """``deep-floyd-prompt-processor``: T5 encoder embeddings from the ``tokenizer/`` and
 ``text_encoder/`` subfolders of a DeepFloyd IF model.
 
-threestudio loads the T5 encoder 8-bit quantised (``load_in_8bit=True, variant="8bit"``,
-bitsandbytes on CUDA); the stand-in loads the full-precision weights in float32.
+threestudio loads the T5 encoder in float16, 8-bit quantised (``load_in_8bit=True,
+variant="8bit"``, bitsandbytes on CUDA), so the embeddings are float16; the stand-in loads
+the full-precision weights in float16, without quantisation, and gives float16 embeddings
+as well.
 """
 import os
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ class DeepFloydPromptProcessor(PromptProcessor):
         text_encoder = T5EncoderModel.from_pretrained(
             pretrained_model_name_or_path,
             subfolder="text_encoder",
+            torch_dtype=torch.float16,
         ).to(device)
         with torch.no_grad():
             tokens = tokenizer(
