@@ -7,7 +7,6 @@ The comparison runs once per executor (module-scoped fixtures) and the tests sha
 import csv
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -115,7 +114,7 @@ def slurm_comparison(workspace):
     argv = comparison_argv(out, tiny_models, prompts, options)
     first_code = cli.main(argv)
     jobs = json.loads((out / "slurm" / "jobs.json").read_text())
-    job_folders = sorted(p.name for p in (out / "slurm").iterdir() if p.is_dir())
+    job_folders = sorted(p.name for p in (out / "slurm").iterdir() if p.name.isdigit())
     second_code = cli.main(argv)
     return out, first_code, jobs, job_folders, second_code
 
@@ -160,7 +159,7 @@ def test_slurm_rerun_submits_nothing_for_finished_runs(slurm_comparison):
     assert sorted(jobs) == sorted(f"{METHOD}/{prompt_slug(p)}" for p in PROMPTS)
     assert len(job_folders) == 2
     assert json.loads((out / "slurm" / "jobs.json").read_text()) == jobs
-    assert sorted(p.name for p in (out / "slurm").iterdir() if p.is_dir()) == job_folders
+    assert sorted(p.name for p in (out / "slurm").iterdir() if p.name.isdigit()) == job_folders
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium (apt-get install chromium)")

@@ -82,7 +82,7 @@ def execute_on_ray(
         ray.init(address=address, runtime_env=runtime_env)
     failures: list[tuple[Run, str]] = []
     try:
-        resources = {"num_gpus": 1, "num_cpus": 0} if use_gpu else {"num_cpus": cpus_per_run}
+        resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cpus_per_run}
         task = ray.remote(run_task).options(max_retries=retries, retry_exceptions=True, **resources)
         pending = {}
         for index, run in enumerate(todo):
