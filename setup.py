@@ -45,9 +45,14 @@ setup(
         "scipy>=1.10",
         "tensorboard",
         "protobuf",
+        "matplotlib>=3.5",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # the comparison runner's cluster executors
+        "ray": ["ray>=2.9"],
+        "slurm": ["submitit>=1.5"],
+        # the tests drive both executors and open results.html in Chromium through Playwright
+        "test": ["pytest>=7", "ray>=2.9", "submitit>=1.5", "playwright>=1.40"],
         "gsplat": ["gsplat>=1.0"],
     },
     entry_points={

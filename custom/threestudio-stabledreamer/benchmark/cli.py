@@ -9,6 +9,11 @@ Example (two GPUs, StableDreamer against the Gaussian baselines, the seven proje
 
 Words after ``--`` are launcher overrides applied to every run (``trainer.max_steps=2000``);
 ``--method-override NAME KEY=VALUE`` applies one to a single method.
+
+``--executor`` chooses where the runs go: ``local`` (default; one run per listed GPU on
+this machine), ``ray`` (one Ray task per run, see ``ray_executor``) or ``slurm`` (one
+submitit job per run, see ``slurm_executor``). Every executor skips finished runs and
+resumes interrupted ones from their newest loadable checkpoint.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from .executor import CPU_SLOT, LaunchSettings, execute_all
 from .metrics import DEFAULT_CLIP_MODEL, ClipEmbedder, ClipModelUnavailable
+from .html_report import write_results_html
 from .progress import ProgressBoard
 from .report import (
     evaluate_runs,
@@ -62,6 +68,44 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 0 with CUDA, else cpu)",
     )
     parser.add_argument(
+        "--executor", choices=("local", "ray", "slurm"), default="local",
+        help="local: this machine's GPUs (--gpus); ray: a Ray task per run; slurm: a job per run "
+        "through submitit (default: local)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=0,
+        help="run a failed run again up to this many times, resuming from its checkpoints (default: 0)",
+    )
+    ray = parser.add_argument_group("ray executor")
+    ray.add_argument(
+        "--ray-address", default=None,
+        help="Ray cluster to join: 'auto' (the local node's cluster) or host:port "
+        "(default: start a local cluster for this comparison)",
+    )
+    ray.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+    ray.add_argument(
+        "--ray-cpus-per-run", type=float, default=1,
+        help="CPUs each run reserves with --gpus cpu (with GPUs, each run reserves one GPU)",
+    )
+    slurm = parser.add_argument_group("slurm executor")
+    slurm.add_argument("--slurm-partition", default=None, help="partition (sbatch --partition)")
+    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="time limit per job in minutes")
+    slurm.add_argument("--slurm-gpus-per-job", type=int, default=1, help="GPUs per job (0 with --gpus cpu)")
+    slurm.add_argument("--slurm-cpus-per-job", type=int, default=None, help="CPUs per job (sbatch --cpus-per-task)")
+    slurm.add_argument(
+        "--slurm-array-parallelism", type=int, default=None,
+        help="at most this many jobs of the array run at once",
+    )
+    slurm.add_argument(
+        "--slurm-sbatch", action="append", default=[], metavar="KEY=VALUE",
+        help="an extra sbatch option without its dashes, e.g. account=proj or qos=high (repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-cluster", choices=("slurm", "local"), default="slurm",
+        help="'local' runs the jobs as processes on this machine with submitit's local executor",
+    )
+    slurm.add_argument("--slurm-poll-interval", type=float, default=10.0, help="seconds between job checks")
+    parser.add_argument(
         "--method-override", nargs=2, action="append", default=[], metavar=("NAME", "KEY=VALUE"),
         help="a launcher override for one method only (repeatable)",
     )
@@ -99,6 +143,50 @@ def _slots(gpus: str | None) -> list[str]:
     return ids
 
 
+def _sbatch_options(items: list[str]) -> tuple[tuple[str, str], ...]:
+    options = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise SystemExit(f"error: --slurm-sbatch: '{item}' is not KEY=VALUE (an sbatch option without '--')")
+        options.append((key, value))
+    return tuple(options)
+
+
+def _execute(args, runs: list, settings: LaunchSettings, board: ProgressBoard):
+    """(finished records, failures) from the chosen executor."""
+    if args.retries < 0:
+        raise SystemExit(f"error: --retries: expected a number >= 0, got {args.retries}")
+    if args.executor == "local":
+        return execute_all(runs, settings, _slots(args.gpus), board, args.retries)
+    # on a cluster the runner's machine may have no GPU: runs use one unless --gpus cpu
+    use_gpu = args.gpus is None or args.gpus.strip().lower() != CPU_SLOT
+    if args.executor == "ray":
+        from .ray_executor import execute_on_ray
+
+        return execute_on_ray(
+            runs, settings, board, address=args.ray_address, use_gpu=use_gpu,
+            cpus_per_run=args.ray_cpus_per_run, local_cpus=args.ray_num_cpus, retries=args.retries,
+            progress_interval=args.progress_interval,
+        )
+    from .slurm_executor import SlurmOptions, execute_on_slurm
+
+    options = SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        gpus_per_job=args.slurm_gpus_per_job,
+        cpus_per_job=args.slurm_cpus_per_job,
+        sbatch=_sbatch_options(args.slurm_sbatch),
+        array_parallelism=args.slurm_array_parallelism,
+        cluster=args.slurm_cluster,
+        poll_interval_s=args.slurm_poll_interval,
+    )
+    return execute_on_slurm(
+        runs, settings, board, options, use_gpu=use_gpu, retries=args.retries,
+        progress_interval=args.progress_interval,
+    )
+
+
 def _methods(specs: list[str], method_overrides: list[list[str]]) -> list[Method]:
     try:
         methods = [parse_method(spec) for spec in specs]
@@ -130,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = read_prompts(args.prompts)
     methods = _methods(args.configs, args.method_override)
     overrides = tuple(_check_override(o, "overrides") for o in args.overrides)
-    slots = _slots(args.gpus)
+    where = ", ".join(_slots(args.gpus)) if args.executor == "local" else args.executor
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -142,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = plan_runs(methods, prompts)
     print(
-        f"{len(runs)} runs ({len(methods)} methods x {len(prompts)} prompts) on {', '.join(slots)}; "
+        f"{len(runs)} runs ({len(methods)} methods x {len(prompts)} prompts) on {where}; "
         f"launcher {launcher}; output {out}",
         flush=True,
     )
@@ -150,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = LaunchSettings(
         launcher=launcher, launcher_cwd=launcher_cwd, out=out, extra_overrides=overrides
     )
-    records, failures = execute_all(runs, settings, slots, board)
+    records, failures = _execute(args, runs, settings, board)
 
     method_names = [m.name for m in methods]
     if records:
@@ -162,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         write_runs_csv(out / "runs.csv", results)
         write_results_csv(out / "results.csv", summaries)
         write_results_md(out / "results.md", summaries, results, prompts, args.clip_model, videos)
+        write_results_html(out / "results.html", summaries, results, prompts, args.clip_model, videos)
         print(
-            f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'runs.csv'} "
+            f"wrote {out / 'results.html'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'runs.csv'} "
             f"and {len(videos)} videos in {out / 'videos'}"
         )
     for run, note in failures:

@@ -83,6 +83,7 @@ class RunClipMetrics:
     clip_score: float
     retrieves_prompt: bool
     similarities: list[float]
+    view_similarities: list[float]  # cos(view, own prompt) of each test view, in view order
 
 
 def score_run(
@@ -90,10 +91,12 @@ def score_run(
 ) -> RunClipMetrics:
     """CLIP score and top-1 retrieval of one run against the whole prompt set [P, D]."""
     similarities = mean_view_similarity(image_embeds, prompt_embeds)
+    per_view = normalise(image_embeds) @ normalise(prompt_embeds[prompt_index][None]).T
     return RunClipMetrics(
         clip_score=float(similarities[prompt_index]),
         retrieves_prompt=retrieves_own_prompt(similarities, prompt_index),
         similarities=[float(s) for s in similarities],
+        view_similarities=[float(s) for s in per_view[:, 0]],
     )
 
 

@@ -60,6 +60,11 @@ class ProgressBoard:
             self.done += 1
             self._print_locked(f"skip (finished earlier): {label}")
 
+    def event(self, text: str) -> None:
+        """Print one line (a resume, a retry, a submitted job) with the status after it."""
+        with self._lock:
+            self._print_locked(text)
+
     def start(self, slot: str, label: str) -> None:
         with self._lock:
             self._running[slot] = (label, None, time.monotonic())
@@ -81,6 +86,13 @@ class ProgressBoard:
             status = "done" if ok else "FAILED"
             elapsed = time.monotonic() - started
             self._print_locked(f"{status} [{slot}] in {elapsed:.0f} s: {label} {detail}".rstrip())
+
+    def complete(self, label: str, ok: bool, detail: str = "") -> None:
+        """A run that ran elsewhere (a Ray task, a SLURM job) ended."""
+        with self._lock:
+            self.done += 1
+            self.failed += 0 if ok else 1
+            self._print_locked(f"{'done' if ok else 'FAILED'}: {label} {detail}".rstrip())
 
     def _status_locked(self) -> str:
         parts = [f"runs {self.done}/{self.total} done"]

@@ -1,11 +1,14 @@
 """Benchmark outputs: per-run and per-method tables (CSV and Markdown) and side-by-side videos.
 
 - ``runs.csv``: one row per finished run (method, prompt, wall time, peak memory, CLIP score,
-  whether CLIP retrieves the run's prompt).
+  whether CLIP retrieves the run's prompt, view agreement and back-as-front share of the
+  multi-face indicator, see ``multiface``).
 - ``results.csv`` / ``results.md``: one row per method, means over its finished prompts:
   wall time (s), peak memory (MiB; "cuda" = torch.cuda.max_memory_allocated, "cpu-rss" =
-  peak resident set size of the run's process), CLIP score, and CLIP R-precision over the
-  prompt set. ``results.md`` adds the per-prompt CLIP scores and links the videos.
+  peak resident set size of the run's process), CLIP score, CLIP R-precision over the
+  prompt set, view agreement and back-as-front share (mean over the runs with a back
+  view). ``results.md`` adds the per-prompt CLIP scores and links the videos.
+- ``results.html``: the same with plots and the videos (``html_report``).
 - ``videos/<prompt slug>.mp4``: one per prompt, a labelled column per method.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from statistics import mean
 from typing import Sequence
 
 from .metrics import ClipEmbedder, RunClipMetrics, r_precision, score_run
+from .multiface import ViewAgreement, turntable_azimuths, view_agreement, view_prompts
 from .runs import RunRecord, load_rgb_views, prompt_slug
 from .video_grid import Column, side_by_side_video
 
@@ -27,6 +31,7 @@ MIB = 1024 * 1024
 class RunResult:
     record: RunRecord
     clip: RunClipMetrics
+    views: ViewAgreement
 
 
 @dataclass
@@ -39,6 +44,8 @@ class MethodSummary:
     memory_kind: str
     mean_clip_score: float
     r_precision: float | None
+    mean_view_agreement: float
+    mean_back_as_front: float | None
 
 
 def evaluate_runs(
@@ -47,14 +54,28 @@ def evaluate_runs(
     embedder: ClipEmbedder,
     panel_width: int | None = None,
 ) -> list[RunResult]:
-    """CLIP metrics of every finished run against the whole prompt set."""
+    """CLIP metrics of every finished run against the whole prompt set, and its view
+    agreement (test views at threestudio's test azimuths)."""
     prompt_embeds = embedder.embed_texts(prompts)
+    view_embeds = {prompt: embedder.embed_texts(view_prompts(prompt)) for prompt in prompts}
     results = []
     for record in records:
         views = load_rgb_views([Path(p) for p in record.test_renders], panel_width)
         image_embeds = embedder.embed_images(views)
-        results.append(RunResult(record, score_run(image_embeds, prompt_embeds, record.prompt_index)))
+        azimuths = turntable_azimuths(len(views))
+        results.append(
+            RunResult(
+                record,
+                score_run(image_embeds, prompt_embeds, record.prompt_index),
+                view_agreement(image_embeds, view_embeds[record.prompt], azimuths),
+            )
+        )
     return results
+
+
+def _mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
 
 
 def summarize(results: Sequence[RunResult], methods: Sequence[str], num_prompts: int) -> list[MethodSummary]:
@@ -75,6 +96,8 @@ def summarize(results: Sequence[RunResult], methods: Sequence[str], num_prompts:
                 memory_kind="+".join(kinds),
                 mean_clip_score=mean(r.clip.clip_score for r in own),
                 r_precision=r_precision([r.clip.retrieves_prompt for r in own], num_prompts),
+                mean_view_agreement=mean(r.views.agreement for r in own),
+                mean_back_as_front=_mean_or_none(r.views.back_as_front for r in own),
             )
         )
     return summaries
@@ -92,6 +115,8 @@ def write_runs_csv(path: Path, results: Sequence[RunResult]) -> None:
                 "memory_kind",
                 "clip_score",
                 "retrieves_prompt",
+                "view_agreement",
+                "back_as_front",
                 "trial_dir",
             ]
         )
@@ -105,13 +130,19 @@ def write_runs_csv(path: Path, results: Sequence[RunResult]) -> None:
                     r.record.memory_kind,
                     f"{r.clip.clip_score:.4f}",
                     int(r.clip.retrieves_prompt),
+                    f"{r.views.agreement:.4f}",
+                    format_optional(r.views.back_as_front),
                     r.record.trial_dir,
                 ]
             )
 
 
-def _r_precision_text(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def format_optional(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_r_precision(value: float | None) -> str:
+    return format_optional(value, 3)
 
 
 def write_results_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
@@ -127,6 +158,8 @@ def write_results_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
                 "memory_kind",
                 "mean_clip_score",
                 "clip_r_precision",
+                "mean_view_agreement",
+                "mean_back_as_front",
             ]
         )
         for s in summaries:
@@ -139,7 +172,9 @@ def write_results_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
                     f"{s.mean_peak_memory_mib:.1f}",
                     s.memory_kind,
                     f"{s.mean_clip_score:.4f}",
-                    _r_precision_text(s.r_precision),
+                    format_r_precision(s.r_precision),
+                    f"{s.mean_view_agreement:.4f}",
+                    format_optional(s.mean_back_as_front),
                 ]
             )
 
@@ -160,16 +195,21 @@ def write_results_md(
         "torch.cuda.max_memory_allocated, `cpu-rss` = peak resident set size of the run's "
         f"process. CLIP model: `{clip_model}`; CLIP score = mean cosine similarity of the test "
         "views to the prompt; R-precision = fraction of runs whose prompt is CLIP's top-1 "
-        f"among the {len(prompts)} prompts (by mean similarity over the run's views).",
+        f"among the {len(prompts)} prompts (by mean similarity over the run's views). "
+        "View agreement = fraction of test views that CLIP classifies (prompt + front / side / "
+        "back view) as the camera's azimuth bin; back as front = fraction of back views "
+        "classified as front, which a multi-face (Janus) object raises.",
         "",
-        "| method | finished | wall time (s) | peak memory (MiB) | memory | CLIP score | R-precision |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | finished | wall time (s) | peak memory (MiB) | memory | CLIP score | R-precision "
+        "| view agreement | back as front |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
         lines.append(
             f"| {s.method} | {s.finished_runs}/{s.total_prompts} | {s.mean_wall_time_s:.1f} | "
             f"{s.mean_peak_memory_mib:.0f} | {s.memory_kind} | {s.mean_clip_score:.4f} | "
-            f"{_r_precision_text(s.r_precision)} |"
+            f"{format_r_precision(s.r_precision)} | {s.mean_view_agreement:.3f} | "
+            f"{format_optional(s.mean_back_as_front, 3)} |"
         )
     methods = [s.method for s in summaries]
     lines += ["", "## CLIP score per prompt", "", "| prompt | " + " | ".join(methods) + " | video |"]

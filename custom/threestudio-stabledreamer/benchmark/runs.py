@@ -196,6 +196,7 @@ class RunRecord:
     memory_kind: str
     test_renders: list[str] = field(default_factory=list)
     measurement: dict = field(default_factory=dict)
+    resumed_from: str | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
