@@ -66,11 +66,14 @@ def cpu_size_overrides(given: Iterable[str] = ()) -> List[str]:
 
 def tiny_model_overrides(name: str, tiny_models: Dict[str, Path]) -> List[str]:
     """Every stage of config ``name`` on the tiny model its prompt processor names."""
-    system, cpu_system = load(name)["system"], load("stabledreamer-cpu")["system"]
+    config, cpu_system = OmegaConf.load(CONFIGS / f"{name}.yaml"), load("stabledreamer-cpu")["system"]
+    system = OmegaConf.to_container(config.system)
     overrides = []
     for processor, guidance in STAGE_SLOTS:
-        processor_type = system.get(f"{processor}_type")
-        if not processor_type or not system.get(f"{guidance}_type"):
+        # resolved: a comparison config's stage 2 may name stage 1's types by interpolation
+        processor_type = OmegaConf.select(config, f"system.{processor}_type")
+        guidance_type = OmegaConf.select(config, f"system.{guidance}_type")
+        if not processor_type or not guidance_type:
             continue
         kind = TINY_MODEL_OF_PROCESSOR[processor_type]
         model = str(tiny_models[kind])
@@ -82,7 +85,7 @@ def tiny_model_overrides(name: str, tiny_models: Dict[str, Path]) -> List[str]:
         ]
         if "render_resolution" in system[guidance]:
             overrides.append(override(f"system.{guidance}.render_resolution", cpu_guidance["render_resolution"]))
-        if system[f"{guidance}_type"] == "stable-diffusion-vsd-guidance":
+        if guidance_type == "stable-diffusion-vsd-guidance":
             overrides += [
                 override(f"system.{guidance}.pretrained_model_name_or_path_lora", model),
                 override(f"system.{guidance}.half_precision_weights", False),
