@@ -109,8 +109,11 @@ def test_perp_neg_trains_with_both_guidances(name, user_dir, tiny_models):
 
 
 def _train_through_the_launcher(name, config, config_path, user_dir, tiny_models, tag="", extra=()):
-    system = config["system"]
-    used = {system.get(f"{guidance}_type") for _, guidance in STAGE_SLOTS}
+    # resolved: a comparison config's stage 2 may name stage 1's types by interpolation
+    resolved = OmegaConf.create(config)
+    system = {key: OmegaConf.select(resolved, f"system.{key}") for key in
+              ("stage2_start_step", *(f"{guidance}_type" for _, guidance in STAGE_SLOTS))}
+    used = {system[f"{guidance}_type"] for _, guidance in STAGE_SLOTS}
     if not USES_REAL_THREESTUDIO and used & THREESTUDIO_GUIDANCES:
         pytest.skip(f"{sorted(used & THREESTUDIO_GUIDANCES)} exists only in real threestudio (THREESTUDIO_ROOT)")
     stage2_start_step = system["stage2_start_step"]

@@ -1,7 +1,8 @@
 """threestudio API semantics the extension relies on.
 
 These run against the stand-in in tests/threestudio_standin, or against real threestudio
-when it is importable: they check documented behaviour, not stand-in internals.
+with THREESTUDIO_ROOT set (see conftest.py): they check threestudio's behaviour, not
+stand-in internals, so a difference between the two fails here.
 """
 import importlib.util
 import json

@@ -374,15 +374,6 @@ def test_embeddings_are_cached_by_model_and_prompt_hash_and_reused(tiny_models, 
     torch.testing.assert_close(recomputed.text_embeddings[0], encode_clip(path, [PROMPT])[0])
 
 
-def test_prompt_debiasing_is_rejected_with_a_clear_error(tiny_models, in_tmp_dir):
-    with pytest.raises(ValueError, match="use_prompt_debiasing"):
-        make_processor(
-            "stable-diffusion-prompt-processor",
-            tiny_models["stable-diffusion"],
-            use_prompt_debiasing=True,
-        )
-
-
 # ----------------------------------------------------------------------------- CLIP
 
 

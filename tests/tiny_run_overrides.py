@@ -67,12 +67,15 @@ def cpu_size_overrides(given: Iterable[str] = ()) -> List[str]:
 def tiny_model_overrides(config, tiny_models: Dict[str, Path]) -> List[str]:
     """Every stage of ``config`` (a config's name, or its loaded dict) on the tiny model its
     prompt processor names."""
-    system = (load(config) if isinstance(config, str) else config)["system"]
+    config = OmegaConf.load(CONFIGS / f"{config}.yaml") if isinstance(config, str) else OmegaConf.create(config)
+    system = OmegaConf.to_container(config.system)
     cpu_system = load("stabledreamer-cpu")["system"]
     overrides = []
     for processor, guidance in STAGE_SLOTS:
-        processor_type = system.get(f"{processor}_type")
-        if not processor_type or not system.get(f"{guidance}_type"):
+        # resolved: a comparison config's stage 2 may name stage 1's types by interpolation
+        processor_type = OmegaConf.select(config, f"system.{processor}_type")
+        guidance_type = OmegaConf.select(config, f"system.{guidance}_type")
+        if not processor_type or not guidance_type:
             continue
         kind = TINY_MODEL_OF_PROCESSOR[processor_type]
         model = str(tiny_models[kind])
@@ -86,6 +89,6 @@ def tiny_model_overrides(config, tiny_models: Dict[str, Path]) -> List[str]:
             overrides.append(override(f"system.{guidance}.render_resolution", cpu_guidance["render_resolution"]))
         if "pretrained_model_name_or_path_lora" in system[guidance]:
             overrides.append(override(f"system.{guidance}.pretrained_model_name_or_path_lora", model))
-        if system[f"{guidance}_type"] == "stable-diffusion-vsd-guidance":
+        if guidance_type == "stable-diffusion-vsd-guidance":
             overrides.append(override(f"system.{guidance}.half_precision_weights", False))
     return overrides
