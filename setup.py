@@ -42,6 +42,8 @@ setup(
         "scipy>=1.10",
         "tensorboard",
         "protobuf",
+        "torchmetrics>=1.0",
+        "matplotlib>=3.5",
     ],
     extras_require={
         "test": ["pytest>=7"],
@@ -51,6 +53,7 @@ setup(
         "console_scripts": [
             "stabledreamer-link=threestudio_stabledreamer.link:main",
             "stabledreamer-benchmark=threestudio_stabledreamer.benchmark.cli:main",
+            "stabledreamer-lab=threestudio_stabledreamer.lab.cli:main",
         ]
     },
 )

@@ -86,7 +86,8 @@ def _check_override(override: str, where: str) -> str:
     return override
 
 
-def _slots(gpus: str | None) -> list[str]:
+def device_slots(gpus: str | None) -> list[str]:
+    """Job slots from --gpus: GPU ids, or ['cpu'] (None: GPU 0 when CUDA is available, else the CPU)."""
     if gpus is None:
         import torch
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = read_prompts(args.prompts)
     methods = _methods(args.configs, args.method_override)
     overrides = tuple(_check_override(o, "overrides") for o in args.overrides)
-    slots = _slots(args.gpus)
+    slots = device_slots(args.gpus)
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 

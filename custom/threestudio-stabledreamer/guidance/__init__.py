@@ -1,16 +1,19 @@
 """Score-distillation guidance: DeepFloyd IF (pixel space) and Stable Diffusion (latent space).
 
-Importing this package registers ``stabledreamer-deep-floyd-guidance`` and
-``stabledreamer-stable-diffusion-guidance`` with threestudio.
+Importing this package registers ``stabledreamer-deep-floyd-guidance``,
+``stabledreamer-stable-diffusion-guidance`` and the lab's ``stabledreamer-lab-guidance``
+(an exact denoiser over renders of a known object, see ``lab``) with threestudio.
 """
 
 from .base import DiffusionModelUnavailableError, ScoreDistillationGuidance
 from .deep_floyd import DeepFloydGuidance
+from .lab import LabGuidance
 from .stable_diffusion import StableDiffusionGuidance
 
 __all__ = [
     "DiffusionModelUnavailableError",
     "ScoreDistillationGuidance",
     "DeepFloydGuidance",
+    "LabGuidance",
     "StableDiffusionGuidance",
 ]

@@ -168,10 +168,14 @@ class ScoreDistillationGuidance(BaseObject):
         else:
             model.to(self.device)
 
-    def _load_schedule(self) -> None:
+    def _scheduler(self):
+        """The diffusion model's training noise schedule (a diffusers ``DDPMScheduler``)."""
         from diffusers import DDPMScheduler
 
-        scheduler = self._load_pretrained(DDPMScheduler, "scheduler")
+        return self._load_pretrained(DDPMScheduler, "scheduler")
+
+    def _load_schedule(self) -> None:
+        scheduler = self._scheduler()
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in sds.PREDICTION_TYPES:
