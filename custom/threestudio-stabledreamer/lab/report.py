@@ -116,6 +116,7 @@ def plot(out: Path, results: Sequence[LabResult], variants: Sequence[str]) -> Li
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 4))
+    middle = None
     for variant in present:
         group = _group(results, variant)
         elevations = np.array(group[0].elevations)
@@ -125,7 +126,7 @@ def plot(out: Path, results: Sequence[LabResult], variants: Sequence[str]) -> Li
         psnr = np.mean([np.array(r.scores["per_view_psnr"])[keep] for r in group], axis=0)
         axis.plot(azimuths, psnr, marker=".", label=variant)
     axis.set(xlabel="azimuth (degrees; 0 = front, 180 = back)", ylabel="PSNR (dB)",
-             title="per-view PSNR around the object")
+             title=f"per-view PSNR around the object (elevation {middle:g} degrees)")
     axis.set_xticks(range(0, 361, 45))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
