@@ -45,6 +45,7 @@ setup(
         "scipy>=1.10",
         "tensorboard",
         "protobuf",
+        "torchmetrics>=1.0",
         "matplotlib>=3.5",
     ],
     extras_require={
@@ -59,6 +60,7 @@ setup(
         "console_scripts": [
             "stabledreamer-link=threestudio_stabledreamer.link:main",
             "stabledreamer-benchmark=threestudio_stabledreamer.benchmark.cli:main",
+            "stabledreamer-lab=threestudio_stabledreamer.lab.cli:main",
         ]
     },
 )

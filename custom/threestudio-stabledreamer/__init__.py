@@ -7,4 +7,4 @@ the registering modules are imported only when threestudio is importable.
 import importlib.util
 
 if importlib.util.find_spec("threestudio") is not None:
-    from . import exporters, geometry, guidance, renderers, systems
+    from . import exporters, geometry, guidance, prompt_processors, renderers, systems

@@ -331,7 +331,7 @@ def _tiny_if_unet():
     return _round_to_half_precision(unet)
 
 
-def _if_scheduler():
+def if_stage1_scheduler():
     """DDPM with IF stage I's settings (as in diffusers' IF conversion script)."""
     from diffusers import DDPMScheduler
 
@@ -358,7 +358,7 @@ def _build_deepfloyd_if(out: Path) -> None:
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         unet=_tiny_if_unet(),
-        scheduler=_if_scheduler(),
+        scheduler=if_stage1_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         watermarker=None,

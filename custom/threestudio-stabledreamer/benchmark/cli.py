@@ -130,7 +130,8 @@ def _check_override(override: str, where: str) -> str:
     return override
 
 
-def _slots(gpus: str | None) -> list[str]:
+def device_slots(gpus: str | None) -> list[str]:
+    """Job slots from --gpus: GPU ids, or ['cpu'] (None: GPU 0 when CUDA is available, else the CPU)."""
     if gpus is None:
         import torch
 
@@ -158,7 +159,7 @@ def _execute(args, runs: list, settings: LaunchSettings, board: ProgressBoard):
     if args.retries < 0:
         raise SystemExit(f"error: --retries: expected a number >= 0, got {args.retries}")
     if args.executor == "local":
-        return execute_all(runs, settings, _slots(args.gpus), board, args.retries)
+        return execute_all(runs, settings, device_slots(args.gpus), board, args.retries)
     # on a cluster the runner's machine may have no GPU: runs use one unless --gpus cpu
     use_gpu = args.gpus is None or args.gpus.strip().lower() != CPU_SLOT
     if args.executor == "ray":
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = read_prompts(args.prompts)
     methods = _methods(args.configs, args.method_override)
     overrides = tuple(_check_override(o, "overrides") for o in args.overrides)
-    where = ", ".join(_slots(args.gpus)) if args.executor == "local" else args.executor
+    where = ", ".join(device_slots(args.gpus)) if args.executor == "local" else args.executor
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 

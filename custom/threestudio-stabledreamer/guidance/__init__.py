@@ -2,12 +2,14 @@
 space), as SDS, and ProlificDreamer's VSD on Stable Diffusion.
 
 Importing this package registers ``stabledreamer-deep-floyd-guidance``,
-``stabledreamer-stable-diffusion-guidance`` and ``stabledreamer-vsd-guidance`` with
-threestudio.
+``stabledreamer-stable-diffusion-guidance``, ``stabledreamer-vsd-guidance`` and the lab's
+``stabledreamer-lab-guidance`` (an exact denoiser over renders of a known object, see
+``lab``) with threestudio.
 """
 
 from .base import DiffusionModelUnavailableError, ScoreDistillationGuidance
 from .deep_floyd import DeepFloydGuidance
+from .lab import LabGuidance
 from .stable_diffusion import StableDiffusionGuidance
 from .vsd import VSDGuidance
 
@@ -15,6 +17,7 @@ __all__ = [
     "DiffusionModelUnavailableError",
     "ScoreDistillationGuidance",
     "DeepFloydGuidance",
+    "LabGuidance",
     "StableDiffusionGuidance",
     "VSDGuidance",
 ]

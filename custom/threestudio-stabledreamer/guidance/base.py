@@ -181,11 +181,16 @@ class ScoreDistillationGuidance(BaseObject):
             self.alphas_cumprod,
         ) = self._read_schedule()
 
-    def _read_schedule(self, source: Optional[str] = None) -> Tuple[int, str, torch.Tensor]:
-        """(T, prediction type, alphabar [T] in float32) of ``source``'s scheduler."""
+    def _scheduler(self, source: Optional[str] = None):
+        """The training noise schedule (a diffusers ``DDPMScheduler``) of ``source``, by
+        default the guidance's model."""
         from diffusers import DDPMScheduler
 
-        scheduler = self._load_pretrained(DDPMScheduler, "scheduler", source)
+        return self._load_pretrained(DDPMScheduler, "scheduler", source)
+
+    def _read_schedule(self, source: Optional[str] = None) -> Tuple[int, str, torch.Tensor]:
+        """(T, prediction type, alphabar [T] in float32) of ``source``'s scheduler."""
+        scheduler = self._scheduler(source)
         prediction_type = scheduler.config.prediction_type
         if prediction_type not in sds.PREDICTION_TYPES:
             raise ValueError(
