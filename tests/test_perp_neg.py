@@ -5,6 +5,10 @@ The prompt processor's Perp-Neg embeddings and weights are checked against three
 per-sample computation from the UNet (float64); and, when the tests run on real
 threestudio, against threestudio's own ``deep-floyd-guidance`` and
 ``stable-diffusion-guidance`` with Perp-Neg for the same renders, noise and timesteps.
+
+Every test runs on ``--device`` (prompt processors, guidances, cameras, renders and noise
+there); the float64 comparisons run the guidance in float64 there, and the threestudio
+comparisons give both guidances float32 weights.
 """
 
 import contextlib
@@ -38,9 +42,16 @@ DISTANCE = torch.tensor([3.0, 3.0, 3.0])
 TIMESTEPS = torch.tensor([150, 500, 870])
 F_SB, F_FSB, F_FS, F_SF = (1, 0.5, -0.606), (1, 0.5, 0.967), (4, 0.5, -2.426), (4, 0.5, -2.426)
 
+pytestmark = pytest.mark.device
+
+
+def _cameras(device, index=slice(None)):
+    """(elevation, azimuth, camera distance) of the selected cameras on ``device``."""
+    return ELEVATION[index].to(device), AZIMUTH[index].to(device), DISTANCE[index].to(device)
+
 
 @pytest.fixture(scope="module")
-def perp_neg_prompts(tiny_models, tmp_path_factory):
+def perp_neg_prompts(tiny_models, tmp_path_factory, device):
     outputs = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path_factory.mktemp("perp-neg-prompt-cache"))
@@ -62,12 +73,14 @@ def _decay(abc, r):
     return a * math.exp(-b * r) + c
 
 
-def test_perp_neg_embeddings_and_weights_follow_threestudio(perp_neg_prompts):
+def test_perp_neg_embeddings_and_weights_follow_threestudio(perp_neg_prompts, device):
     pu = perp_neg_prompts["stable-diffusion"]
     assert pu.use_perp_neg
-    embeddings, weights = pu.get_text_embeddings_perp_neg(ELEVATION, AZIMUTH, DISTANCE)
-    side, front, back, overhead = pu.text_embeddings_vd
-    empty = pu.uncond_text_embeddings_vd[0]
+    embeddings, weights = pu.get_text_embeddings_perp_neg(*_cameras(device))
+    assert embeddings.device == device and weights.device == device
+    embeddings, weights = embeddings.cpu(), weights.cpu()
+    side, front, back, overhead = pu.text_embeddings_vd.cpu()
+    empty = pu.uncond_text_embeddings_vd[0].cpu()
     batch = ELEVATION.shape[0]
     assert embeddings.shape == (4 * batch, *side.shape) and weights.shape == (batch, 2)
 
@@ -103,6 +116,8 @@ def _guidance(name, tiny_models, **cfg):
 
 @contextlib.contextmanager
 def _float64(guidance):
+    """Run the guidance's models in float64, then return them to its weight dtype."""
+    previous = guidance.weights_dtype
     for name in guidance.MODEL_ATTRIBUTES:
         getattr(guidance, name).double()
     guidance.weights_dtype = torch.float64
@@ -110,8 +125,8 @@ def _float64(guidance):
         yield
     finally:
         for name in guidance.MODEL_ATTRIBUTES:
-            getattr(guidance, name).float()
-        guidance.weights_dtype = torch.float32
+            getattr(guidance, name).to(previous)
+        guidance.weights_dtype = previous
 
 
 def _perpendicular(x, y):
@@ -123,7 +138,8 @@ def _perpendicular(x, y):
 def _expected_perp_neg_gradient(unet, path, x, noise, t, embeddings, weights, scale, channels):
     """w(t)(eps_hat - eps) per sample, one UNet call per sample and prompt."""
     batch = x.shape[0]
-    alphabar = DDPMScheduler.from_pretrained(str(path), subfolder="scheduler").alphas_cumprod.double()
+    alphabar = DDPMScheduler.from_pretrained(str(path), subfolder="scheduler").alphas_cumprod
+    alphabar = alphabar.double().to(x.device)
     grads = []
     for b in range(batch):
         a = alphabar[t[b]]
@@ -146,7 +162,9 @@ def _expected_perp_neg_gradient(unet, path, x, noise, t, embeddings, weights, sc
 
 
 @pytest.mark.parametrize("name", [IF_NAME, SD_NAME])
-def test_perp_neg_gradient_matches_an_independent_computation(name, tiny_models, perp_neg_prompts):
+def test_perp_neg_gradient_matches_an_independent_computation(
+    name, tiny_models, perp_neg_prompts, device
+):
     guidance = _guidance(name, tiny_models)
     key = MODELS[name]
     pu = perp_neg_prompts[key]
@@ -160,23 +178,24 @@ def test_perp_neg_gradient_matches_an_independent_computation(name, tiny_models,
     else:
         render = torch.randn(batch, size, size, 4, dtype=torch.float64, generator=generator)
         extra = {"rgb_as_latents": True}
-    render.requires_grad_()
+    render = render.to(device).requires_grad_()
     noise = torch.randn(batch, channels, size, size, dtype=torch.float64, generator=generator)
+    noise, timesteps = noise.to(device), TIMESTEPS.to(device)
     with _float64(guidance):
         out = guidance(
-            render, pu, ELEVATION, AZIMUTH, DISTANCE, timesteps=TIMESTEPS, noise=noise, **extra
+            render, pu, *_cameras(device), timesteps=timesteps, noise=noise, **extra
         )
         (grad,) = torch.autograd.grad(out["loss_sds"], render)
         x = render.detach().permute(0, 3, 1, 2)
         if name == IF_NAME:
             x = x * 2 - 1
-        embeddings, weights = pu.get_text_embeddings_perp_neg(ELEVATION, AZIMUTH, DISTANCE)
+        embeddings, weights = pu.get_text_embeddings_perp_neg(*_cameras(device))
         expected = _expected_perp_neg_gradient(
             guidance.unet,
             tiny_models[key],
             x,
             noise,
-            TIMESTEPS,
+            timesteps,
             embeddings.double(),
             weights.double(),
             guidance.cfg.guidance_scale,
@@ -187,7 +206,7 @@ def test_perp_neg_gradient_matches_an_independent_computation(name, tiny_models,
             tiny_models[key],
             x,
             noise,
-            TIMESTEPS,
+            timesteps,
             embeddings.double(),
             torch.zeros_like(weights, dtype=torch.float64),
             guidance.cfg.guidance_scale,
@@ -200,15 +219,13 @@ def test_perp_neg_gradient_matches_an_independent_computation(name, tiny_models,
     assert ((actual - without_negatives).norm() / expected.norm()).item() > 1e-3
 
 
-def test_perp_neg_needs_view_dependent_prompting(tiny_models, perp_neg_prompts):
+def test_perp_neg_needs_view_dependent_prompting(tiny_models, perp_neg_prompts, device):
     guidance = _guidance(SD_NAME, tiny_models, view_dependent_prompting=False)
     with pytest.raises(ValueError, match="use_perp_neg=True needs view_dependent_prompting=True"):
         guidance(
-            torch.rand(1, 8, 8, 4),
+            torch.rand(1, 8, 8, 4, device=device),
             perp_neg_prompts["stable-diffusion"],
-            ELEVATION[:1],
-            AZIMUTH[:1],
-            DISTANCE[:1],
+            *_cameras(device, slice(0, 1)),
             rgb_as_latents=True,
         )
 
@@ -229,28 +246,34 @@ THREESTUDIO_CLASSES = {IF_NAME: "deep-floyd-guidance", SD_NAME: "stable-diffusio
 @NEEDS_REAL_THREESTUDIO
 @pytest.mark.parametrize("name", [IF_NAME, SD_NAME])
 @pytest.mark.parametrize("cameras", [[0], [1], [2], [0, 1]], ids=["front", "back", "overhead", "batch"])
-def test_perp_neg_matches_threestudio(name, cameras, tiny_models, perp_neg_prompts, monkeypatch):
+def test_perp_neg_matches_threestudio(
+    name, cameras, tiny_models, perp_neg_prompts, monkeypatch, device
+):
     """Same renders, noise and timesteps as threestudio's guidance with Perp-Neg.
 
     threestudio evaluates the negative prompts on ``cat([x_t] * 4)``, which pairs them
     with other samples' x_t when B > 1; the batch case therefore gives both samples the
-    same render, noise and timestep (different cameras), where the two agree.
+    same render, noise and timestep (different cameras), where the two agree. Both use
+    float32 weights (half_precision_weights=False) and, on CUDA, no TF32 convolutions.
     """
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     key = MODELS[name]
     pu = perp_neg_prompts[key]
-    index = torch.tensor(cameras)
     batch = len(cameras)
-    elevation, azimuth, distance = ELEVATION[index], AZIMUTH[index], DISTANCE[index]
+    elevation, azimuth, distance = _cameras(device, torch.tensor(cameras))
     channels = 3 if name == IF_NAME else 4
     generator = torch.Generator().manual_seed(11)
     if name == IF_NAME:
         render = torch.rand(1, 64, 64, 3, generator=generator).expand(batch, -1, -1, -1)
-        ours = _guidance(name, tiny_models, render_resolution=64)
+        ours = _guidance(name, tiny_models, render_resolution=64, half_precision_weights=False)
         extra = {}
     else:
         render = torch.randn(1, 64, 64, 4, generator=generator).expand(batch, -1, -1, -1)
-        ours = _guidance(name, tiny_models, render_resolution=64 * 8)
+        ours = _guidance(
+            name, tiny_models, render_resolution=64 * 8, half_precision_weights=False
+        )
         extra = {"rgb_as_latents": True}
+    render = render.to(device)
     theirs = threestudio.find(THREESTUDIO_CLASSES[name])(
         {
             "pretrained_model_name_or_path": str(tiny_models[key]),
@@ -259,7 +282,8 @@ def test_perp_neg_matches_threestudio(name, cameras, tiny_models, perp_neg_promp
         }
     )
     noise = torch.randn(1, channels, 64, 64, generator=generator).expand(batch, -1, -1, -1)
-    t = TIMESTEPS[1:2].expand(batch)
+    noise = noise.to(device)
+    t = TIMESTEPS[1:2].expand(batch).to(device)
 
     render_ours = render.clone().requires_grad_()
     out = ours(render_ours, pu, elevation, azimuth, distance, timesteps=t, noise=noise, **extra)
