@@ -447,12 +447,12 @@ def test_hifa_config_anneals_by_sqrt_with_the_image_loss(tmp_path):
     assert [t(0), t(total // 4), t(total)] == [980, 640, 300]
 
 
-def test_prolificdreamer_config_uses_threestudio_vsd_with_its_lora_group(tmp_path):
+def test_prolificdreamer_config_uses_vsd_with_its_lora_group(tmp_path):
     from threestudio.utils.misc import C
 
     system = resolved("gaussian-prolificdreamer", tmp_path).system
     assert system.stage2_start_step == 0
-    assert system.guidance_stage2_type == "stable-diffusion-vsd-guidance"
+    assert system.guidance_stage2_type == "stabledreamer-vsd-guidance"
     assert system.prompt_processor_stage2_type == "stable-diffusion-prompt-processor"
     assert system.prompt_processor_stage2.prompt == "a corgi"
     assert system.guidance_stage2.guidance_scale == 7.5
