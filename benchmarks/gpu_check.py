@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -190,8 +191,36 @@ def probe(env: dict, log: Log) -> dict:
 
 
 # ----------------------------------------------------------------------------- 1. builds
+class BackgroundBuild:
+    """A build command running in the background; ``seconds`` is its own duration, taken
+    when it exits (not when the check gets round to collecting it)."""
+
+    def __init__(self, command, log_path: Path, folder, **popen_kwargs):
+        self.folder, self.seconds = folder, None
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+                                        **popen_kwargs)
+        self._watcher = threading.Thread(target=self._time_exit, daemon=True)
+        self._watcher.start()
+
+    def _time_exit(self) -> None:
+        self.process.wait()
+        self.seconds = time.perf_counter() - self.started
+
+    def wait(self, timeout_s: float):
+        """The exit code, or 'timeout' (the build is killed) after ``timeout_s`` seconds."""
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            code = "timeout"
+        self._watcher.join()
+        return code
+
+
 def start_builds(deps: Path, work: Path, env: dict, capability: str, log: Log) -> dict:
-    """Start both CUDA builds in the background; returns {name: (process, started, path)}."""
+    """Start both CUDA builds in the background; returns {name: BackgroundBuild}."""
     build_env = {**env, "TORCH_CUDA_ARCH_LIST": capability, "MAX_JOBS": str(os.cpu_count() or 8)}
     builds = {}
     source = deps / "src" / "diff-gaussian-rasterization.tar.gz"
@@ -207,30 +236,25 @@ def start_builds(deps: Path, work: Path, env: dict, capability: str, log: Log) -
         header = folder / "cuda_rasterizer" / "rasterizer_impl.h"
         if "<cstdint>" not in header.read_text():
             header.write_text(header.read_text().replace("#pragma once", "#pragma once\n\n#include <cstdint>", 1))
-        builds["diff-gaussian-rasterization"] = (subprocess.Popen(
-            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=folder, env=build_env,
-            stdout=(work / "build-dgr.log").open("w"), stderr=subprocess.STDOUT), time.perf_counter(), folder)
+        builds["diff-gaussian-rasterization"] = BackgroundBuild(
+            [sys.executable, "setup.py", "build_ext", "--inplace"], work / "build-dgr.log", folder,
+            cwd=folder, env=build_env)
     else:
         log.write(f"diff-gaussian-rasterization: no source at {source} (run scripts/gather_gpu_deps.sh)")
-    builds["gsplat"] = (subprocess.Popen(
+    builds["gsplat"] = BackgroundBuild(
         [sys.executable, "-c", "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat: no CUDA extension'"],
-        env=build_env, stdout=(work / "build-gsplat.log").open("w"), stderr=subprocess.STDOUT),
-        time.perf_counter(), None)
+        work / "build-gsplat.log", None, env=build_env)
     return builds
 
 
 def finish_builds(builds: dict, work: Path, log: Log) -> dict:
     """Wait (within each build's limit) and report; paths of the built backends in 'paths'."""
     results, paths = {}, []
-    for name, (process, started, folder) in builds.items():
+    for name, build in builds.items():
+        folder = build.folder
         limit = LIMITS_S["dgr_build" if folder is not None else "gsplat_build"]
-        try:
-            code = process.wait(timeout=max(1.0, started + limit - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            code = "timeout"
-        seconds = time.perf_counter() - started
+        code = build.wait(max(1.0, build.started + limit - time.perf_counter()))
+        seconds = build.seconds
         log_file = work / ("build-dgr.log" if folder is not None else "build-gsplat.log")
         log.write(f"===== build {name}: exit {code} after {seconds:.0f} s", echo=False)
         log.write(log_file.read_text()[-20000:], echo=False)
