@@ -1,4 +1,5 @@
-"""The comparison on every executor, end to end on the stand-in launcher with tiny models:
+"""The comparison on every executor, end to end through the launcher in use
+(``conftest.LAUNCHER``: the stand-in's, or real threestudio's) with tiny models:
 local, Ray (a local cluster started by the runner) and SLURM (submitit's local executor)
 give the same runs and metrics; Ray retries a failed run and resumes an interrupted one;
 SLURM does not submit finished runs again; results.html opens cleanly in headless Chromium.
@@ -11,31 +12,32 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LAUNCHER
 from threestudio_stabledreamer.benchmark import cli
 from threestudio_stabledreamer.benchmark.runs import RunRecord, prompt_slug
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STANDIN_LAUNCHER = REPO_ROOT / "tests" / "threestudio_standin" / "launch.py"
 CHROMIUM = Path("/usr/bin/chromium")
 METHOD = "stabledreamer-cpu"
 PROMPTS = ["a hamburger", "a zoomed out DSLR photo of a corgi wearing a top hat"]
 TEST_VIEWS = 5  # azimuths 0, 90, 180, 270, 360: front, side, back, side, front
 
-# A launcher that fails the first launch of each run, then runs the stand-in's launch.py.
+# A launcher that fails the first launch of each run, then runs the launcher in use.
 FLAKY_LAUNCHER = """
 import os, runpy, sys
-tag = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("tag="))
-marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failed-once-" + tag.strip('"'))
-if not os.path.exists(marker):
-    open(marker, "w").close()
-    sys.exit("failing this run's first launch on purpose")
-sys.argv[0] = {standin!r}
-sys.path[0] = os.path.dirname({standin!r})
-runpy.run_path({standin!r}, run_name="__main__")
+if __name__ == "__main__":
+    tag = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("tag="))
+    marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failed-once-" + tag.strip('"'))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        sys.exit("failing this run's first launch on purpose")
+    sys.argv[0] = {launcher!r}
+    sys.path[0] = os.path.dirname({launcher!r})
+    runpy.run_path({launcher!r}, run_name="__main__")
 """
 
 
-def comparison_argv(out, tiny_models, prompts_file, options=(), launcher=STANDIN_LAUNCHER):
+def comparison_argv(out, tiny_models, prompts_file, options=(), launcher=LAUNCHER):
     return [
         *options,
         "--launcher", str(launcher), "--launcher-cwd", str(REPO_ROOT),
@@ -86,7 +88,7 @@ def ray_comparison(workspace):
     launcher_dir = root / "flaky"
     launcher_dir.mkdir()
     launcher = launcher_dir / "launch.py"
-    launcher.write_text(FLAKY_LAUNCHER.format(standin=str(STANDIN_LAUNCHER)))
+    launcher.write_text(FLAKY_LAUNCHER.format(launcher=str(LAUNCHER)))
     out = root / "ray"
     options = ("--executor", "ray", "--ray-num-cpus", "2", "--retries", "1")
     argv = comparison_argv(out, tiny_models, prompts, options, launcher)

@@ -3,8 +3,9 @@
 Each unfinished run is one task reserving one GPU (``num_gpus=1``; Ray sets the task's
 ``CUDA_VISIBLE_DEVICES``, which threestudio's launcher honours) or, for CPU runs,
 ``cpus_per_run`` CPUs. The task calls ``executor.execute_run`` on the worker, so every
-output lands in ``out``, which must be a filesystem all workers share; the runner's
-package, the launcher and the configs must be at the same paths on every node.
+output lands in ``out``, which must be a filesystem all workers share; the launcher and
+the configs must be at the same paths on every node (the task carries the runner's own
+code, so workers need not have this package installed).
 
 Failures: a run that fails raises ``RunFailed`` in its task and Ray runs the task again,
 up to ``retries`` times (``max_retries`` with ``retry_exceptions``; a worker or node lost
@@ -16,6 +17,7 @@ finished runs, and the checkpoints of interrupted ones, in place for the next in
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 from .executor import CPU_SLOT, LaunchSettings, RunFailed, check_retries, execute_run, split_finished
@@ -80,6 +82,9 @@ def execute_on_ray(
         ray.init(num_cpus=local_cpus, include_dashboard=False, runtime_env=runtime_env)
     else:
         ray.init(address=address, runtime_env=runtime_env)
+    # Tasks carry this package's code by value, so a worker never imports the extension
+    # (whose __init__ imports threestudio); it only needs the launcher's environment.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__package__])
     failures: list[tuple[Run, str]] = []
     try:
         resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cpus_per_run}

@@ -16,11 +16,13 @@ SLURM options ignored), which runs the same path without a cluster.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cloudpickle
 import submitit
 
 from .executor import CPU_SLOT, LaunchSettings, RunFailed, check_retries, execute_with_retries, split_finished
@@ -116,6 +118,9 @@ def execute_on_slurm(
     """Every unfinished run as a job (those already queued are waited for, not resubmitted);
     wait for them all; return finished records and failures."""
     check_retries(retries)
+    # Jobs carry this package's code by value, so a job never imports the extension (whose
+    # __init__ imports threestudio); it only needs the launcher's environment.
+    cloudpickle.register_pickle_by_value(sys.modules[__package__])
     folder = settings.out / "slurm"
     executor = make_executor(folder, options, use_gpu)
     records, todo = split_finished(runs, settings.out, board)
