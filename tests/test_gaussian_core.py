@@ -289,6 +289,18 @@ def test_ply_round_trip_and_3dgs_field_layout(tmp_path):
     assert np.array_equal(vertex["rot_0"], tensors["rotations"][:, 0].numpy())
 
 
+@pytest.mark.parametrize("sh_degree", [0, 1])
+def test_ply_of_zero_gaussians_round_trips(tmp_path, sh_degree):
+    """A run whose Gaussians were all pruned still exports a valid, empty PLY."""
+    tensors = random_tensors(0, sh_degree)
+    path = tmp_path / "empty.ply"
+    write_gaussian_ply(path, tensors)
+    assert PlyData.read(str(path))["vertex"].count == 0
+    back = read_gaussian_ply(path, sh_degree)
+    for name in tensors:
+        assert back[name].shape == tensors[name].shape, name
+
+
 def write_vertices(path, names, n=3):
     records = np.zeros(n, dtype=[(name, "f4") for name in names])
     PlyData([PlyElement.describe(records, "vertex")]).write(str(path))

@@ -78,3 +78,18 @@ def test_out_of_range_mesh_setting_names_the_field_and_value(field, value):
 def test_no_surface_above_the_level_exports_only_the_gaussians(device):
     outputs = make_exporter(make_geometry(device, opacity=0.01), mesh_level=0.9)()
     assert [o.save_name for o in outputs] == ["model.ply"]
+
+
+def test_zero_gaussians_export_an_empty_ply_and_no_mesh(tmp_path, device):
+    from threestudio_stabledreamer.core.ply import write_gaussian_ply
+
+    empty = tmp_path / "empty.ply"
+    write_gaussian_ply(empty, {name: getattr(make_geometry(), f"_{name}")[:0]
+                               for name in ("means", "log_scales", "rotations", "opacity_logits", "sh_dc", "sh_rest")})
+    geometry = threestudio.find("stabledreamer-gaussian")(
+        {"init": {"type": "ply", "path": str(empty)}, "scene_extent": 0.5}
+    ).to(device)
+    assert geometry.num_gaussians == 0
+    outputs = make_exporter(geometry)()
+    assert [o.save_name for o in outputs] == ["model.ply"]
+    assert PlyData.read(outputs[0].params["src_path"])["vertex"].count == 0

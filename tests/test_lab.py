@@ -120,6 +120,75 @@ def test_multi_face_score_separates_the_true_object_from_its_janus(name):
     assert two_faced["psnr"] < truth["psnr"]
 
 
+def test_trial_scores_are_kept_until_their_inputs_change(tmp_path, monkeypatch):
+    from threestudio_stabledreamer.core.ply import write_gaussian_ply
+    from threestudio_stabledreamer.lab import evaluate
+
+    generator = torch.Generator().manual_seed(3)
+    params = {
+        "means": torch.randn(50, 3, generator=generator) * 0.2, "log_scales": torch.full((50, 3), -3.0),
+        "rotations": torch.randn(50, 4, generator=generator), "opacity_logits": torch.zeros(50, 1),
+        "sh_dc": torch.randn(50, 1, 3, generator=generator) * 0.3, "sh_rest": torch.zeros(50, 0, 3),
+    }
+    trial = tmp_path / "trial"
+    ply = trial / "save" / "it20-export" / "model.ply"
+    write_gaussian_ply(ply, params)
+    (trial / "ckpts").mkdir()
+    torch.save({"state_dict": {f"geometry._{k}": v for k, v in params.items()}}, trial / "ckpts" / "epoch=0-step=10.ckpt")
+    gt = GroundTruthViews.of(make_object("duck"), SMALL_EVAL)
+    renders = []
+    score_params = evaluate.score_params
+    monkeypatch.setattr(evaluate, "score_params", lambda *args: renders.append(1) or score_params(*args))
+
+    first = evaluate.score_trial(trial, gt, SMALL_EVAL)
+    assert len(renders) == 2 and first["step"] == 20 and [point[0] for point in first["curve"]] == [10, 20]
+    assert evaluate.score_trial(trial, gt, SMALL_EVAL) == first and len(renders) == 2
+    four_views = EvalCameras(elevations=(15.0,), num_azimuths=4, resolution=32)
+    evaluate.score_trial(trial, GroundTruthViews.of(make_object("duck"), four_views), four_views)
+    assert len(renders) == 4  # other cameras
+    params["means"] += 0.05
+    write_gaussian_ply(ply, params)
+    moved = evaluate.score_trial(trial, gt, SMALL_EVAL)
+    assert len(renders) == 6 and moved["psnr"] != first["psnr"]
+
+
+def test_compressed_stage1_keeps_each_event_at_its_fraction_of_stage_1(tmp_path):
+    from omegaconf import OmegaConf
+
+    from threestudio_stabledreamer.lab.suites import compressed_stage1_overrides
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer: {max_steps: 6000}\n"
+        "system:\n"
+        "  stage2_start_step: 3000\n"
+        "  geometry: {sh_degree: 0, densify_from: 300, densify_interval: 100, densify_until: 4500,\n"
+        "             opacity_reset_interval: 0, lr_means: [0, 1.e-3, 1.e-5, '${trainer.max_steps}'],\n"
+        "             lr_scales: 0.005, lr_opacity: [300, 0.1, 0.01, 3300]}\n"
+    )
+    overrides, factor = compressed_stage1_overrides(config, 750)
+    assert factor == 0.25
+    merged = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(overrides)).system.geometry
+    assert (merged.densify_from, merged.densify_interval, merged.densify_until) == (75, 25, 1125)
+    assert merged.opacity_reset_interval == 0  # off stays off
+    assert list(merged.lr_means) == [0, 1e-3, 1e-5, 1500]  # the interpolated end step, scaled
+    assert list(merged.lr_opacity) == [75, 0.1, 0.01, 825]
+    assert merged.lr_scales == 0.005
+    # stage 1 is the whole run when there is no stage 2; tiny intervals stay >= 1
+    config.write_text(config.read_text().replace("stage2_start_step: 3000", "stage2_start_step: null"))
+    overrides, factor = compressed_stage1_overrides(config, 60)
+    assert factor == 0.01 and "system.geometry.densify_interval=1" in overrides
+
+
+def test_compressed_stage1_names_a_step_count_the_config_lacks(tmp_path):
+    from threestudio_stabledreamer.lab.suites import compressed_stage1_overrides
+
+    config = tmp_path / "config.yaml"
+    config.write_text("trainer: {max_steps: 100}\nsystem: {geometry: {densify_from: 10, densify_interval: 5}}\n")
+    with pytest.raises(ValueError, match="system.geometry.densify_until must be set"):
+        compressed_stage1_overrides(config, 50)
+
+
 def test_lab_command_oracle_run_rebuilds_the_object(tmp_path):
     """The lab command end to end (launcher, export, scoring, tables, plots) on a short,
     small oracle run: multi-view reconstruction must reach a PSNR the initial ball does not."""

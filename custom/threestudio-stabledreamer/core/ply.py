@@ -34,7 +34,7 @@ def write_gaussian_ply(path: Union[str, Path], params: Dict[str, torch.Tensor]) 
         params["means"].detach().float().cpu(),
         torch.zeros(n, 3),
         params["sh_dc"].detach().float().cpu().reshape(n, 3),
-        rest.transpose(1, 2).reshape(n, -1),
+        rest.transpose(1, 2).reshape(n, 3 * rest.shape[1]),
         params["opacity_logits"].detach().float().cpu().reshape(n, 1),
         params["log_scales"].detach().float().cpu().expand(n, 3),
         params["rotations"].detach().float().cpu(),

@@ -79,7 +79,9 @@ class GaussianExporter(Exporter):
             name = f"{self.cfg.save_name}.ply"
             self.geometry.export_ply(str(staging / name))
             outputs.append(ExporterOutput(name, "file", {"src_path": str(staging / name)}))
-        if self.cfg.mesh_formats:
+        if self.cfg.mesh_formats and self.geometry.num_gaussians == 0:
+            threestudio.warn("stabledreamer-gaussian-exporter: the geometry has no Gaussians left; no mesh written")
+        elif self.cfg.mesh_formats:
             mesh = self.extract_mesh()
             if len(mesh.faces) == 0:
                 threestudio.warn(

@@ -3,7 +3,8 @@
     python -m threestudio_stabledreamer.lab --suite goals multiface --seeds 0 1 2 --out outputs/lab
 
 Each (variant, object, seed) is one launcher run of ``configs/stabledreamer.yaml`` (or
-``--config``) with the lab swapped in (``suites.lab_overrides``), trained and tested
+``--config``) with the lab swapped in (``suites.lab_overrides``) and its stage 1
+compressed to ``--steps`` (``suites.compressed_stage1_overrides``), trained and tested
 through the same runner as the comparison benchmark (``benchmark.executor``: one
 process per run, wall time measured from outside, finished runs skipped when the
 command is repeated). The launcher is threestudio's ``launch.py`` in
@@ -97,13 +98,17 @@ def main(argv: List[str] = None) -> int:
     from .objects import make_object
     from .report import LabResult, plot, write_results, write_runs_csv
     from .scores import EvalCameras, GroundTruthViews
-    from .suites import SUITES, lab_overrides, variants_of
+    from .suites import SUITES, compressed_stage1_overrides, lab_overrides, variants_of
 
     variants = variants_of(args.suite)
     multi_seed = {name for suite in ("multiface", "schedules") if suite in args.suite for name in SUITES[suite]}
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = args.config.expanduser().resolve()
+    try:
+        compression, factor = compressed_stage1_overrides(config, args.steps)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
 
     labels, runs = {}, []
     for variant in variants:
@@ -114,10 +119,12 @@ def main(argv: List[str] = None) -> int:
                 runs.append(Run(method=method, prompt=obj, prompt_index=index))
     print(f"lab: {len(runs)} runs ({len(variants)} variants, objects {args.objects}, {args.steps} steps each) "
           f"via {launcher}; output {out}", flush=True)
+    print(f"lab: stage 1 of {config.name} compressed by {factor:g}: {' '.join(compression)}", flush=True)
 
     board = ProgressBoard(total=len(runs), interval=args.progress_interval)
     settings = LaunchSettings(launcher=launcher, launcher_cwd=launcher_cwd, out=out,
-                              extra_overrides=(*lab_overrides(args.steps, args.eval_every), *args.overrides))
+                              extra_overrides=(*lab_overrides(args.steps, args.eval_every), *compression,
+                                               *args.overrides))
     records, failures = execute_all(runs, settings, device_slots(args.gpus), board)
 
     cameras = EvalCameras(resolution=args.eval_resolution)

@@ -3,8 +3,15 @@
 The final scores come from the exported PLY (``save/it<step>-export/model.ply``, the file
 users get); the score-against-step curve from the checkpoints
 (``ckpts/epoch=0-step=<s>.ckpt``, whose ``geometry._*`` tensors are the same
-pre-activation values the PLY stores).
+pre-activation values the PLY stores). Scoring renders every checkpoint at every
+held-out camera, so the scores are kept in the trial directory (``lab-scores.json``) with
+what they were computed from (cameras, ground truth, the files' sizes and times) and
+reused while those are unchanged: repeating the lab command to gather a table costs
+nothing for runs already scored.
 """
+import dataclasses
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -16,6 +23,7 @@ from .scores import EvalCameras, GroundTruthViews, score_params
 
 EXPORT_DIR = re.compile(r"^it(\d+)-export$")
 CHECKPOINT = re.compile(r"^epoch=\d+-step=(\d+)\.ckpt$")
+SCORES_FILE = "lab-scores.json"
 PARAMETER_NAMES = ("means", "log_scales", "rotations", "opacity_logits", "sh_dc", "sh_rest")
 
 
@@ -56,7 +64,32 @@ def score_trial(trial_dir: Path, gt: GroundTruthViews, cameras: EvalCameras,
     """Final scores (from the PLY) plus ``step`` and, with ``curve``, ``curve``: a list of
     (step, psnr, multi_face) from step 0 (the initial Gaussians are not saved: the curve
     starts at the first checkpoint) to the end."""
+    trial_dir = Path(trial_dir)
     step, ply = final_ply(trial_dir)
+    key = _scoring_inputs(trial_dir, ply, gt, cameras, curve)
+    cache = trial_dir / SCORES_FILE
+    if cache.is_file():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("inputs") == key:
+            return saved["scores"]
+    result = json.loads(json.dumps(_score_files(trial_dir, step, ply, gt, cameras, curve)))
+    cache.write_text(json.dumps({"inputs": key, "scores": result}), encoding="utf-8")
+    return result
+
+
+def _scoring_inputs(trial_dir: Path, ply: Path, gt: GroundTruthViews, cameras: EvalCameras, curve: bool) -> dict:
+    """What a trial's scores depend on, as JSON values."""
+    files = [ply] + ([path for _, path in checkpoints(trial_dir)] if curve else [])
+    return json.loads(json.dumps({
+        "curve": curve,
+        "cameras": dataclasses.asdict(cameras),
+        "ground_truth_sha1": hashlib.sha1(gt.truth.rgb.contiguous().numpy().tobytes()).hexdigest(),
+        "files": [[str(p.relative_to(trial_dir)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }))
+
+
+def _score_files(trial_dir: Path, step: int, ply: Path, gt: GroundTruthViews, cameras: EvalCameras,
+                 curve: bool) -> Dict[str, object]:
     params = read_ply_params(ply)
     result = score_params(params, gt, cameras)
     result["step"] = step

@@ -1,10 +1,18 @@
 """The lab's experiments: variants of ``configs/stabledreamer.yaml``'s stage 1 against the analytic prior.
 
 Every run is the user's config with the lab swapped in (``lab_overrides``): the lab
-prompt processor and guidance replace IF's, stage 2 is off, the annealing spans the
-run, training renders are 64x64 in batches of 4 as in stage 1, evaluation is small and
-the mesh export is skipped (the PLY is what the lab scores). A variant adds overrides;
-the prompt names the ground-truth object (the guidance's ``object`` follows it).
+prompt processor and guidance replace IF's, stage 2 is off, training renders are 64x64
+in batches of 4 as in stage 1, evaluation is small and the mesh export is skipped (the
+PLY is what the lab scores). The run is the config's stage 1 compressed in time
+(``compressed_stage1_overrides``): the annealing, the learning-rate schedules and the
+density-control steps all keep their place as a fraction of stage 1. A variant adds
+overrides; the prompt names the ground-truth object (the guidance's ``object`` follows it).
+
+The oracle (the exact render as x0_hat) is multi-view reconstruction, so it follows
+3DGS's reconstruction schedule: density control only in the first half of the run
+(3DGS: 15k of 30k steps), then refinement. Compressed stage 1 instead ends while the
+config still densifies (it densifies into stage 2), which leaves the last split's
+children little time to settle.
 
 Priors:
 - ``view-conditioned`` (the guidance's defaults): references from every azimuth, the
@@ -14,8 +22,12 @@ Priors:
   biases of real image priors behind multi-face objects.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from omegaconf import OmegaConf
+
+ORACLE = ("system.guidance.oracle=true", "system.geometry.densify_until=${idiv:${trainer.max_steps},2}")
 BIASED = ("system.guidance.front_bias=4.0", "system.guidance.view_leak=0.5")
 NO_ANNEAL = ("system.guidance.anneal=none", "system.guidance.anneal_jitter_percent=0.0")
 
@@ -30,7 +42,8 @@ class Variant:
 VARIANTS: Dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("oracle", "oracle denoiser (exact render): multi-view reconstruction", ("system.guidance.oracle=true",)),
+        Variant("oracle", "oracle denoiser (exact render): multi-view reconstruction, density control in the "
+                "first half of the run (3DGS)", ORACLE),
         Variant("stage1", "config as is (sqrt annealing, CFG 20), view-conditioned prior"),
         Variant("stage1-cfg7.5", "as stage1 with guidance_scale 7.5", ("system.guidance.guidance_scale=7.5",)),
         Variant("stage1-cfg50", "as stage1 with guidance_scale 50", ("system.guidance.guidance_scale=50.0",)),
@@ -90,3 +103,58 @@ def variants_of(suites: Sequence[str]) -> List[Variant]:
             raise ValueError(f"--suite must be among {sorted(SUITES)}, got {suite!r}")
         names += [name for name in SUITES[suite] if name not in names]
     return [VARIANTS[name] for name in names]
+
+
+GEOMETRY_STEP_KEYS = ("densify_from", "densify_interval", "densify_until", "opacity_reset_interval")
+"""Step counts of the Gaussians' density control, which the compression scales."""
+
+
+def compressed_stage1_overrides(config: Path, steps: int) -> Tuple[List[str], float]:
+    """Overrides that fit the config's stage 1 into ``steps`` steps, and the factor used.
+
+    Stage 1 lasts ``system.stage2_start_step`` steps (``trainer.max_steps`` when that is
+    null); the factor is ``steps`` over that. Scaled by it: the density-control steps
+    (``GEOMETRY_STEP_KEYS``, and ``sh_increase_interval`` when ``sh_degree`` > 0) and
+    the step ends of every learning-rate schedule of the geometry (``lr_*`` given as
+    threestudio's ``[start_step, start_value, end_value, end_step]``). So the first split
+    of a 1000-step lab run of a 4000-step stage 1 comes at step 125 with the learning rate
+    a real run has at step 500, not at step 500 with the rate of step 2000. Intervals stay
+    at least 1 step; a zero (off) stays zero. The values are read from the config file
+    with its interpolations resolved; the step keys must be set there, since the
+    geometry's defaults are not visible from here.
+    """
+    cfg = OmegaConf.load(config)
+
+    def value(key: str):
+        try:
+            return OmegaConf.select(cfg, key, throw_on_missing=True)
+        except Exception as error:
+            raise ValueError(f"--config {config}: cannot read {key}: {error}") from error
+
+    stage1 = value("system.stage2_start_step")
+    if stage1 is None:
+        stage1 = value("trainer.max_steps")
+    if not isinstance(stage1, int) or stage1 < 1:
+        raise ValueError(f"--config {config}: stage 1 length (system.stage2_start_step or trainer.max_steps) "
+                         f"must be a positive integer, got {stage1!r}")
+    factor = steps / stage1
+    geometry = value("system.geometry")
+    if geometry is None:
+        raise ValueError(f"--config {config}: system.geometry is not set")
+    step_keys = list(GEOMETRY_STEP_KEYS)
+    if (value("system.geometry.sh_degree") or 0) > 0:
+        step_keys.append("sh_increase_interval")
+    overrides = []
+    for key in step_keys:
+        count = value(f"system.geometry.{key}")
+        if not isinstance(count, int):
+            raise ValueError(f"--config {config}: system.geometry.{key} must be set to an integer for the lab to "
+                             f"scale it to --steps, got {count!r}")
+        scaled = 0 if count == 0 else max(1, round(count * factor))
+        overrides.append(f"system.geometry.{key}={scaled}")
+    for key in sorted(k for k in geometry if str(k).startswith("lr_")):
+        schedule = value(f"system.geometry.{key}")
+        if OmegaConf.is_list(schedule) and len(schedule) == 4:
+            start, first, last, end = schedule
+            overrides.append(f"system.geometry.{key}=[{round(start * factor)},{first},{last},{round(end * factor)}]")
+    return overrides, factor
