@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from threestudio_stabledreamer.core import score_distillation as sds
 from threestudio_stabledreamer.lab.denoiser import AnalyticDenoiser, posterior_mean, view_log_prior
@@ -153,8 +154,6 @@ def test_trial_scores_are_kept_until_their_inputs_change(tmp_path, monkeypatch):
 
 
 def test_compressed_stage1_keeps_each_event_at_its_fraction_of_stage_1(tmp_path):
-    from omegaconf import OmegaConf
-
     from threestudio_stabledreamer.lab.suites import compressed_stage1_overrides
 
     config = tmp_path / "config.yaml"
@@ -200,9 +199,13 @@ def test_lab_command_oracle_run_rebuilds_the_object(tmp_path):
         "--eval-resolution", "32",
         "data.width=32", "data.height=32", "system.guidance.render_resolution=32",
         "system.geometry.init.num_points=1500", "system.geometry.densify_from=50",
-        "system.geometry.densify_interval=50",
+        "system.geometry.densify_interval=50", "system.geometry.densify_until=100",
     ])
     assert code == 0
+    (parsed,) = (out / "runs").glob("oracle-s0/*/configs/parsed.yaml")
+    geometry = OmegaConf.load(parsed).system.geometry
+    assert geometry.densify_until == 100  # the user's override wins over the oracle's half of the run
+    assert list(geometry.lr_means)[3] == round(8000 * 150 / 4000)  # compressed stage 1
     with open(out / "runs.csv") as stream:
         (row,) = list(csv.DictReader(stream))
     assert row["variant"] == "oracle" and row["object"] == "head" and row["step"] == "150"

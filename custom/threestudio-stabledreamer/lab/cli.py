@@ -10,7 +10,7 @@ process per run, wall time measured from outside, finished runs skipped when the
 command is repeated). The launcher is threestudio's ``launch.py`` in
 ``--threestudio-root`` (the extension is linked into it first), any ``--launcher``, or by
 default the threestudio stand-in shipped with the tests, run in the repository root.
-Words after ``--`` are launcher overrides for every run.
+Words after ``--`` are launcher overrides for every run, applied last (over a variant's own).
 
 Outputs in ``--out``: ``runs/`` (trial directories), ``logs/``, ``records/`` (the
 runner's), ``runs.csv``, ``results.csv``, ``results.md`` and the plots (``report``).
@@ -113,7 +113,8 @@ def main(argv: List[str] = None) -> int:
     labels, runs = {}, []
     for variant in variants:
         for seed in args.seeds if variant.name in multi_seed else args.seeds[:1]:
-            method = Method(f"{variant.name}-s{seed}", config, (*variant.overrides, f"seed={seed}"))
+            # the user's overrides come last, so they win over the variant's own
+            method = Method(f"{variant.name}-s{seed}", config, (*variant.overrides, f"seed={seed}", *args.overrides))
             labels[method.name] = (variant.name, seed)
             for index, obj in enumerate(args.objects):
                 runs.append(Run(method=method, prompt=obj, prompt_index=index))
@@ -123,8 +124,7 @@ def main(argv: List[str] = None) -> int:
 
     board = ProgressBoard(total=len(runs), interval=args.progress_interval)
     settings = LaunchSettings(launcher=launcher, launcher_cwd=launcher_cwd, out=out,
-                              extra_overrides=(*lab_overrides(args.steps, args.eval_every), *compression,
-                                               *args.overrides))
+                              extra_overrides=(*lab_overrides(args.steps, args.eval_every), *compression))
     records, failures = execute_all(runs, settings, device_slots(args.gpus), board)
 
     cameras = EvalCameras(resolution=args.eval_resolution)
