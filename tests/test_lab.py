@@ -179,6 +179,22 @@ def test_compressed_stage1_keeps_each_event_at_its_fraction_of_stage_1(tmp_path)
     assert factor == 0.01 and "system.geometry.densify_interval=1" in overrides
 
 
+@pytest.mark.parametrize("schedule", [
+    [1e-3, 1e-5, 8000], [0, 1e-3, 1e-5, 8000], [400, 1.0, 0.5, 2000, 0.1, 6000], [0, 1.0, 0.5, 3.0],
+])
+def test_scaled_schedule_gives_threestudio_the_same_values_at_the_scaled_steps(schedule):
+    from threestudio.utils.misc import C
+
+    from threestudio_stabledreamer.lab.suites import scaled_schedule
+
+    scaled = OmegaConf.create(scaled_schedule(schedule, 0.25))
+    for step in (0, 400, 1000, 2000, 4000, 6000, 8000):
+        expected = C(OmegaConf.create(schedule), 0, step, interpolation="exp")
+        assert C(scaled, 0, step // 4, interpolation="exp") == pytest.approx(expected)
+    with pytest.raises(ValueError, match="3, 4 or an even number"):
+        scaled_schedule([0, 1.0, 0.5, 300, 0.1], 0.25)
+
+
 def test_compressed_stage1_names_a_step_count_the_config_lacks(tmp_path):
     from threestudio_stabledreamer.lab.suites import compressed_stage1_overrides
 

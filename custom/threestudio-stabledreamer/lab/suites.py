@@ -115,10 +115,10 @@ def compressed_stage1_overrides(config: Path, steps: int) -> Tuple[List[str], fl
     Stage 1 lasts ``system.stage2_start_step`` steps (``trainer.max_steps`` when that is
     null); the factor is ``steps`` over that. Scaled by it: the density-control steps
     (``GEOMETRY_STEP_KEYS``, and ``sh_increase_interval`` when ``sh_degree`` > 0) and
-    the step ends of every learning-rate schedule of the geometry (``lr_*`` given as
-    threestudio's ``[start_step, start_value, end_value, end_step]``). So the first split
-    of a 1000-step lab run of a 4000-step stage 1 comes at step 125 with the learning rate
-    a real run has at step 500, not at step 500 with the rate of step 2000. Intervals stay
+    the steps of every learning-rate schedule of the geometry (``lr_*`` given as a
+    threestudio schedule, ``scaled_schedule``). So the first split of a 1000-step lab run
+    of a 4000-step stage 1 comes at step 125 with the learning rate a real run has at
+    step 500, not at step 500 with the rate a real run has at step 4000. Intervals stay
     at least 1 step; a zero (off) stays zero. The values are read from the config file
     with its interpolations resolved; the step keys must be set there, since the
     geometry's defaults are not visible from here.
@@ -154,7 +154,22 @@ def compressed_stage1_overrides(config: Path, steps: int) -> Tuple[List[str], fl
         overrides.append(f"system.geometry.{key}={scaled}")
     for key in sorted(k for k in geometry if str(k).startswith("lr_")):
         schedule = value(f"system.geometry.{key}")
-        if OmegaConf.is_list(schedule) and len(schedule) == 4:
-            start, first, last, end = schedule
-            overrides.append(f"system.geometry.{key}=[{round(start * factor)},{first},{last},{round(end * factor)}]")
+        if OmegaConf.is_list(schedule):
+            overrides.append(f"system.geometry.{key}=[{','.join(map(str, scaled_schedule(list(schedule), factor)))}]")
     return overrides, factor
+
+
+def scaled_schedule(schedule: list, factor: float) -> list:
+    """A threestudio ``C()`` schedule with its steps scaled by ``factor``, in the 4-or-more form.
+
+    The forms ``C()`` reads: ``[start_value, end_value, end_step]`` (start step 0),
+    ``[start_step, start_value, end_value, end_step]`` and the piecewise
+    ``[start_step, start_value, value_1, step_1, value_2, step_2, ...]``: the steps are
+    entry 0 and the odd entries from 3 on. A float step counts epochs and is kept.
+    """
+    if len(schedule) == 3:
+        schedule = [0, *schedule]
+    if len(schedule) != 4 and (len(schedule) < 6 or len(schedule) % 2):
+        raise ValueError(f"a schedule has 3, 4 or an even number >= 6 of entries, got {schedule!r}")
+    step_indices = {0, *range(3, len(schedule), 2)}
+    return [round(v * factor) if i in step_indices and isinstance(v, int) else v for i, v in enumerate(schedule)]
