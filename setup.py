@@ -47,6 +47,8 @@ setup(
         "protobuf",
         "torchmetrics>=1.0",
         "matplotlib>=3.5",
+        # requirement parsing of stabledreamer-setup-threestudio
+        "packaging",
     ],
     extras_require={
         # the comparison runner's cluster executors
@@ -61,6 +63,7 @@ setup(
             "stabledreamer-link=threestudio_stabledreamer.link:main",
             "stabledreamer-benchmark=threestudio_stabledreamer.benchmark.cli:main",
             "stabledreamer-lab=threestudio_stabledreamer.lab.cli:main",
+            "stabledreamer-setup-threestudio=threestudio_stabledreamer.setup_threestudio:main",
         ]
     },
 )
