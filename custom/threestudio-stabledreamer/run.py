@@ -1,7 +1,8 @@
 """Run the main job: ``python -m threestudio_stabledreamer.run --prompt "..." [--threestudio DIR]``.
 
 With a threestudio checkout (``--threestudio`` or ``$THREESTUDIO_ROOT``) and a CUDA GPU,
-links this extension into the checkout and runs ``configs/stabledreamer.yaml`` there with
+sets it up (``stabledreamer-setup-threestudio``: threestudio's requirements under this
+repository's constraints, the extension linked in) and runs ``configs/stabledreamer.yaml`` there with
 threestudio's own ``launch.py``. Otherwise it builds the tiny local models and runs
 ``configs/stabledreamer-cpu.yaml`` through the threestudio stand-in shipped with the
 tests: that run shows the pipeline working end to end; it is not a real result.
@@ -63,6 +64,38 @@ def launch(command: List[str], cwd: Path, env: Dict[str, str], exp_root: Path) -
     if not created:
         raise RunError(f"the launcher finished but created no trial directory under {exp_root}")
     return created[-1]
+
+
+def threestudio_checkout(value: Optional[Path]) -> Optional[Path]:
+    """The checkout named by ``--threestudio`` (or ``$THREESTUDIO_ROOT``), resolved; None when
+    neither is given. One that does not exist or is not a threestudio 0.2.3 checkout is an
+    error on every machine, with or without CUDA."""
+    if value is None:
+        return None
+    from .setup_threestudio import SetupError, check_checkout
+
+    root = value.expanduser().resolve()
+    if not root.exists():
+        raise RunError(
+            f"--threestudio (or $THREESTUDIO_ROOT) '{value}' does not exist: set it up with "
+            f"`stabledreamer-setup-threestudio {value}` (it clones threestudio there), or give neither "
+            "for the CPU smoke run"
+        )
+    try:
+        check_checkout(root)
+    except SetupError as error:
+        raise RunError(f"--threestudio (or $THREESTUDIO_ROOT): {error}") from error
+    return root
+
+
+def set_up_threestudio(root: Path) -> None:
+    """``stabledreamer-setup-threestudio --gpu root`` (quick when it was done before)."""
+    from .setup_threestudio import SetupError, setup
+
+    try:
+        setup(root, mode="gpu")
+    except SetupError as error:
+        raise RunError(f"setting up threestudio in {root} failed: {error}") from error
 
 
 def run_in_threestudio(root: Path, gpu: str, prompt: str, overrides: Sequence[str], exp_root: Path) -> Path:
@@ -147,9 +180,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     has_gpu = torch.cuda.is_available()
-    root = args.threestudio.resolve() if args.threestudio else None
     try:
+        root = threestudio_checkout(args.threestudio)
         if root is not None and has_gpu:
+            set_up_threestudio(root)
             exp_root = (args.outputs or root / "outputs").resolve()
             trial = run_in_threestudio(root, args.gpu, args.prompt, overrides, exp_root)
         else:

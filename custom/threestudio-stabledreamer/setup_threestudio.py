@@ -54,6 +54,9 @@ GIT_PACKAGES = {
 # Requirements that need torchvision, which PyPI has only as a CUDA build: on a CPU torch
 # it would not load.
 NEEDS_TORCHVISION = {"controlnet-aux", "taming-transformers-rom1504", "clip"}
+# Requirements whose build downloads more source (pysdf fetches Eigen); threestudio uses
+# pysdf only to initialise an implicit SDF from a mesh.
+BUILD_DOWNLOADS = {"pysdf"}
 # Distributions whose versions the set-up prints at the end.
 REPORTED = ("torch", "threestudio-stabledreamer", "diffusers", "transformers", "huggingface-hub", "tokenizers",
             "accelerate", "peft", "pytorch-lightning", "omegaconf", "numpy", "setuptools", "nerfacc", "libigl",
@@ -74,20 +77,23 @@ class Pin:
 
 
 def parse_constraints(text: str) -> Dict[str, Pin]:
-    """{canonical name: Pin} of a constraints file; each pin keeps the comment lines just
-    above it (back to the previous pin or blank line) as its reason."""
+    """{canonical name: Pin} of a constraints file; a pin's reason is the comment above it,
+    shared by the pins that follow that comment directly."""
     pins: Dict[str, Pin] = {}
     comment: List[str] = []
+    after_pin = False
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
-            comment = []
+            comment, after_pin = [], False
         elif line.startswith("#"):
+            comment = [] if after_pin else comment
             comment.append(line.lstrip("# "))
+            after_pin = False
         else:
             requirement = Requirement(line)
             pins[canonicalize_name(requirement.name)] = Pin(requirement, " ".join(comment))
-            comment = []
+            after_pin = True
     return pins
 
 
@@ -99,9 +105,9 @@ def constraint_violations(installed: Dict[str, str], pins: Dict[str, Pin], sourc
         if pin is None or _version_in(version, pin.requirement):
             continue
         spec = f"{pin.requirement.name}{pin.requirement.specifier}"
-        why = f" ({pin.reason})" if pin.reason else ""
+        why = f" ({pin.reason.rstrip('.')})" if pin.reason else ""
         problems.append(
-            f"{name} {version} is installed, but {source} requires {spec}{why}; "
+            f"{name} {version} is installed, but {source} pins {spec}{why}; "
             f'install an allowed version (pip install "{spec}") or use a fresh virtual environment'
         )
     return problems
@@ -170,7 +176,8 @@ def filter_requirements(lines: Iterable[str], cuda: bool, offline: bool, torchvi
     - without CUDA: tiny-cuda-nn, nvdiffrast and envlight (CUDA builds) and bitsandbytes
       (8-bit T5 on CUDA) are dropped, and so are the packages that need torchvision when
       torchvision is not installed;
-    - offline (no GitHub): every remaining git requirement is dropped.
+    - offline (no GitHub): every remaining git requirement is dropped, and so is pysdf,
+      whose build downloads Eigen.
     """
     kept, cuda_git, notes = [], [], []
     for raw in lines:
@@ -212,6 +219,9 @@ def filter_requirements(lines: Iterable[str], cuda: bool, offline: bool, torchvi
                          "(threestudio uses it for zero123 and ControlNet only)")
         elif line.startswith("git+") and offline:
             notes.append(f"{line} dropped: offline (a git clone)")
+        elif name in BUILD_DOWNLOADS and offline:
+            notes.append(f"{line} dropped: offline (its build downloads Eigen); threestudio uses it only to "
+                         "initialise an implicit SDF from a mesh")
         else:
             kept.append(line)
     return Filtered(kept, cuda_git, notes)
