@@ -2,7 +2,7 @@
 
 Stages, each with its own time limit, each writing its log and the partial summary as it
 ends (``--out``: summary.json, summary.txt, install.log, builds.log, tests.log, smoke.log,
-backends.log):
+threestudio.log, backends.log):
 
 0. install: the wheels of ``.gpu-deps/wheels`` (scripts/gather_gpu_deps.sh) whose
    distribution is missing here (or older than its ``min=`` in gpu_deps.txt), into a
@@ -17,6 +17,11 @@ backends.log):
    --train --gpu 0`` on the tiny models, float16 guidance weights as on real runs; then
    checks metrics.json (both stages, device, peak CUDA memory), the turntable video, the
    PLY and the mesh.
+3b. threestudio (CUDA only; skipped without ``.gpu-deps/threestudio-wheels``): the README's
+   set-up (``stabledreamer-setup-threestudio --offline``) from those wheels in a venv, then
+   configs/stabledreamer-cpu.yaml through real threestudio 0.2.3's ``launch.py`` on CUDA,
+   with tiny-cuda-nn, nvdiffrast and envlight stubbed (not built here; the stage says so),
+   and the same output checks as the smoke run.
 4. backends: for each importable backend, the same scenes rendered by it and by the torch
    backend, compared (images, alphas, depths, normals; gradients of means, scales,
    rotations, opacities, colours and the view-space points) with the tolerances in
@@ -46,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
 # Seconds per stage; the builds run beside tests and smoke, so the worst case stays near 8 min.
 LIMITS_S = {"install": 60, "tests": 150, "smoke": 150, "dgr_build": 240, "gsplat_build": 300,
-            "backends": 120}
+            "backends": 120, "threestudio": 240}
 # Tolerances of a CUDA backend against the torch backend (float32, same scene and cameras):
 # images, alphas and normals (values in [0, 1]) and depths divided by the camera distance:
 # mean |difference| and max |difference|; gradients: relative L2 error ||g - g_torch|| /
@@ -286,27 +291,17 @@ def run_tests(device: str, env: dict, work: Path, log: Log) -> dict:
 
 
 # ----------------------------------------------------------------------------- 3. smoke run
-def run_smoke(env: dict, work: Path, log: Log) -> dict:
-    """Train, test and export configs/stabledreamer-cpu.yaml on CUDA; check the outputs."""
-    user = work / "smoke"
-    shutil.rmtree(user, ignore_errors=True)
-    (user / "custom").mkdir(parents=True)
-    (user / "custom" / "threestudio-stabledreamer").symlink_to(REPO / "custom" / "threestudio-stabledreamer")
-    command = [sys.executable, str(REPO / "tests" / "threestudio_standin" / "launch.py"), "--config",
-               str(REPO / "configs" / "stabledreamer-cpu.yaml"), "--train", "--gpu", "0",
-               'system.prompt_processor.prompt="a hamburger"',
-               "system.guidance.half_precision_weights=true",
-               "system.guidance_stage2.half_precision_weights=true"]
-    smoke_env = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
-    code, seconds = run_logged(command, log, LIMITS_S["smoke"], env=smoke_env, cwd=user)
+def trial_result(outputs: Path, code, seconds: float, log: Log, label: str) -> dict:
+    """The stage result of a launch of configs/stabledreamer-cpu.yaml that exited with
+    ``code``: its newest trial under ``outputs`` checked (both stages, CUDA, memory, video,
+    PLY, mesh), its metrics."""
     result = {"status": "ok" if code == 0 else ("timeout" if code == "timeout" else f"failed (exit {code})"),
               "seconds": round(seconds, 1), "checks": {}}
-    trials = sorted((user / "outputs").glob("*/*@*"))
+    trials = sorted(outputs.glob("*/*@*"))
     if not trials:
         result["status"] = result["status"] if result["status"] != "ok" else "failed (no trial directory)"
         return result
-    save = trials[-1] / "save"
-    checks = result["checks"]
+    save, checks = trials[-1] / "save", result["checks"]
     try:
         metrics = json.loads((save / "metrics.json").read_text())
         stages = metrics.get("stages", {})
@@ -330,7 +325,91 @@ def run_smoke(env: dict, work: Path, log: Log) -> dict:
     failed = [name for name, ok in checks.items() if not ok]
     if failed and result["status"] == "ok":
         result["status"] = f"failed ({', '.join(failed)})"
-    log.write(f"smoke checks: {checks}", echo=False)
+    log.write(f"{label} checks: {checks}", echo=False)
+    return result
+
+
+def run_smoke(env: dict, work: Path, log: Log) -> dict:
+    """Train, test and export configs/stabledreamer-cpu.yaml on CUDA; check the outputs."""
+    user = work / "smoke"
+    shutil.rmtree(user, ignore_errors=True)
+    (user / "custom").mkdir(parents=True)
+    (user / "custom" / "threestudio-stabledreamer").symlink_to(REPO / "custom" / "threestudio-stabledreamer")
+    command = [sys.executable, str(REPO / "tests" / "threestudio_standin" / "launch.py"), "--config",
+               str(REPO / "configs" / "stabledreamer-cpu.yaml"), "--train", "--gpu", "0",
+               'system.prompt_processor.prompt="a hamburger"',
+               "system.guidance.half_precision_weights=true",
+               "system.guidance_stage2.half_precision_weights=true"]
+    smoke_env = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    code, seconds = run_logged(command, log, LIMITS_S["smoke"], env=smoke_env, cwd=user)
+    return trial_result(user / "outputs", code, seconds, log, "smoke")
+
+
+# ----------------------------------------------------------------------------- 3b. real threestudio
+def load_setup_module():
+    """``setup_threestudio`` of the extension, by file path (its top level needs only
+    ``packaging``), for its constraint check in this interpreter."""
+    import importlib.util
+
+    path = REPO / "custom" / "threestudio-stabledreamer" / "setup_threestudio.py"
+    spec = importlib.util.spec_from_file_location("stabledreamer_setup_threestudio", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_threestudio(deps: Path, env: dict, work: Path, log: Log) -> dict:
+    """The README's set-up (stabledreamer-setup-threestudio --offline) in a venv over the
+    system's packages, from the wheels of ``.gpu-deps/threestudio-wheels`` and threestudio
+    0.2.3 from ``.gpu-deps/src/threestudio.tar.gz``; then configs/stabledreamer-cpu.yaml
+    trained, tested and exported through real threestudio's ``launch.py`` on CUDA.
+    tiny-cuda-nn, nvdiffrast and envlight are not built here (no network, and no time in
+    this check): the launch stubs them and says so; the Gaussian configs never use them."""
+    started = time.perf_counter()
+    wheels, source = deps / "threestudio-wheels", deps / "src" / "threestudio.tar.gz"
+    if not wheels.is_dir() or not source.is_file():
+        return {"status": f"skipped (no {wheels.name}/ or src/{source.name} in {deps}: run "
+                          "scripts/gather_gpu_deps.sh --threestudio where there is network)", "seconds": 0}
+    venv, root = work / "ts-venv", work / "threestudio"
+    for folder in (venv, root, work / "ts-outputs"):
+        shutil.rmtree(folder, ignore_errors=True)
+    with tarfile.open(source) as archive:
+        archive.extractall(work)
+    python = venv / "bin" / "python"
+    pip_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    pip_env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1",
+                   PATH=os.pathsep.join([str(venv / "bin"), env.get("PATH", "")]))
+    setup = load_setup_module()
+    constraints = REPO / setup.CONSTRAINTS_NAME
+    # the system's packages outside the pins are shadowed by pinned ones inside the venv
+    outside = setup.constraint_violations(setup.installed_versions(), setup.parse_constraints(constraints.read_text()),
+                                          setup.CONSTRAINTS_NAME)
+    shadow = sorted({line.split(" is installed")[0].split()[0] for line in outside})
+    log.write(f"system packages outside the pins, shadowed in the venv: {shadow}")
+    steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)]]
+    if shadow:
+        steps.append([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *shadow])
+    steps += [[str(python), "-m", "pip", "install", "-q", "-e", str(REPO), "-c", str(constraints)],
+              [str(venv / "bin" / "stabledreamer-setup-threestudio"), str(root), "--offline"],
+              [str(python), "-m", "threestudio_stabledreamer.tiny_models", "--out", env["STABLEDREAMER_TINY_MODELS"]]]
+    for command in steps:
+        left = LIMITS_S["threestudio"] - (time.perf_counter() - started)
+        code, _ = run_logged(command, log, max(1.0, left), env=pip_env)
+        if code != 0:
+            return {"status": f"failed (set-up: {Path(command[0]).name} {command[1]} ... exit {code})",
+                    "seconds": round(time.perf_counter() - started, 1)}
+    setup_s = time.perf_counter() - started
+    launch_env = {**pip_env, "THREESTUDIO_ROOT": str(root), "STABLEDREAMER_STUB_MISSING_CUDA_BUILDS": "1"}
+    command = [str(python), str(REPO / "tests" / "threestudio_cpu_launch.py"), "--config",
+               "configs/stabledreamer-cpu.yaml", "--train", "--gpu", "0", 'system.prompt_processor.prompt="a hamburger"',
+               f"exp_root_dir={work / 'ts-outputs'}"]
+    code, seconds = run_logged(command, log, max(1.0, LIMITS_S["threestudio"] - setup_s), env=launch_env, cwd=root)
+    result = trial_result(work / "ts-outputs", code, seconds, log, "threestudio")
+    stubbed = re.search(r"not installed, stubbed: ([^(]+)", log.path.read_text())
+    result.update(setup_s=round(setup_s, 1), seconds=round(time.perf_counter() - started, 1),
+                  stubbed=stubbed.group(1).strip() if stubbed else None)
+    log.write(f"threestudio: set-up {setup_s:.0f} s, launch {seconds:.0f} s; stubbed (not built here): "
+              f"{result['stubbed'] or 'none'}")
     return result
 
 
@@ -481,7 +560,9 @@ def summary_table(summary: dict) -> str:
         if name == "tests" and "tests" in stage:
             lines.append(f"{'':<34} passed {stage.get('passed')} failed {stage.get('failures')} "
                          f"errors {stage.get('errors')} skipped {stage.get('skipped')} on {stage.get('device')}")
-        if name == "smoke" and stage.get("checks"):
+        if name == "threestudio" and "setup_s" in stage:
+            lines.append(f"{'':<34} set-up {stage['setup_s']} s; stubbed, not built here: {stage.get('stubbed') or 'none'}")
+        if name in ("smoke", "threestudio") and stage.get("checks"):
             lines.append(f"{'':<34} " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in stage["checks"].items()))
     backends = summary["stages"].get("backends", {})
     if backends.get("comparisons"):
@@ -580,6 +661,9 @@ def main(argv=None) -> int:
         stages["smoke"] = run_smoke(env, work, Log(out / "smoke.log"))
         print(f"smoke: {stages['smoke']['status']}", flush=True)
         write_summary(summary, out, started)
+        stages["threestudio"] = run_threestudio(args.deps.resolve(), env, work, Log(out / "threestudio.log"))
+        print(f"threestudio: {stages['threestudio']['status']}", flush=True)
+        write_summary(summary, out, started)
         built = finish_builds(builds, work, builds_log)
         for name, result in built["results"].items():
             stages[f"build {name}"] = result
@@ -587,7 +671,8 @@ def main(argv=None) -> int:
         write_summary(summary, out, started)
 
     stages["backends"] = run_backends(backend_env, work, Log(out / "backends.log"))
-    failed = [name for name, stage in stages.items() if stage.get("status") != "ok"]
+    failed = [name for name, stage in stages.items()
+              if stage.get("status") != "ok" and not str(stage.get("status")).startswith("skipped")]
     if not cuda:
         summary["verdict"] = (f"NO CUDA: torch.cuda.is_available() is False here; only the CPU-side parts ran "
                               f"({'all passed' if not failed else 'failed: ' + ', '.join(failed)}). "

@@ -7,7 +7,16 @@
 #                                 graphdeco-inria's rasterizer source with the glm headers
 #                                 (it is not on PyPI; built with nvcc on the GPU machine)
 #
-#   bash scripts/gather_gpu_deps.sh [--out DIR] [--dgr-git GIT_DIR] [--glm-git GIT_DIR]
+#   bash scripts/gather_gpu_deps.sh [--out DIR] [--dgr-git GIT_DIR] [--glm-git GIT_DIR] [--threestudio]
+#
+# --threestudio also gathers what the check's threestudio stage installs offline:
+#   threestudio-wheels/           the wheels of benchmarks/threestudio_gpu_deps.txt (the set
+#                                 stabledreamer-setup-threestudio resolves under
+#                                 constraints/threestudio-0.2.3.txt, torch excluded)
+#   src/threestudio.tar.gz        threestudio 0.2.3 from $THREESTUDIO_SOURCE
+#                                 (default ../shared/threestudio beside the repository)
+# That set is far larger than the 60 MiB the folder may hold when it travels with the
+# working tree; it needs another way onto the GPU machine.
 #
 # --dgr-git / --glm-git (or $DGR_GIT / $GLM_GIT) are git directories of
 # github.com/graphdeco-inria/diff-gaussian-rasterization and github.com/g-truc/glm (default:
@@ -22,12 +31,15 @@ out="$repo/.gpu-deps"
 dgr_git="${DGR_GIT:-/work/.mirror/graphdeco-inria+diff-gaussian-rasterization/repo}"
 glm_git="${GLM_GIT:-/work/.mirror/g-truc+glm/repo}"
 max_mib=60
+threestudio=0
+threestudio_source="${THREESTUDIO_SOURCE:-$repo/../shared/threestudio}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --dgr-git) dgr_git="$2"; shift 2 ;;
     --glm-git) glm_git="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --threestudio) threestudio=1; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,7 +77,28 @@ printf 'diff-gaussian-rasterization %s\nglm %s\n' "$(git --git-dir="$dgr_git" re
   "$(git --git-dir="$glm_git" rev-parse "$glm_commit")" > "$staging/diff-gaussian-rasterization/SOURCE-COMMITS"
 tar -C "$staging" -czf "$out/src/diff-gaussian-rasterization.tar.gz" diff-gaussian-rasterization
 
-size_kib="$(du -sk "$out" | awk '{print $1}')"
+if (( threestudio )); then
+  echo "== threestudio: wheels of benchmarks/threestudio_gpu_deps.txt, source from $threestudio_source"
+  if [[ ! -f "$threestudio_source/launch.py" ]]; then
+    echo "THREESTUDIO_SOURCE='$threestudio_source' is not a threestudio checkout (no launch.py)" >&2; exit 1
+  fi
+  rm -rf "$out/threestudio-wheels"
+  mkdir -p "$out/threestudio-wheels"
+  missing=()
+  while read -r requirement; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      "${platforms[@]}" -d "$out/threestudio-wheels" "$requirement" || missing+=("$requirement")
+  done < <(grep -v '^\s*#' "$repo/benchmarks/threestudio_gpu_deps.txt" | awk 'NF {print $1}')
+  tar -C "$(dirname "$threestudio_source")" -czf "$out/src/threestudio.tar.gz" \
+    --transform "s,^$(basename "$threestudio_source"),threestudio," "$(basename "$threestudio_source")"
+  ts_kib="$(du -sk "$out/threestudio-wheels" | awk '{print $1}')"
+  echo "== $out/threestudio-wheels: $((ts_kib / 1024)) MiB ($(ls "$out/threestudio-wheels" | wc -l) wheels)"
+  if (( ${#missing[@]} )); then
+    echo "no CPython 3.12 wheel for: ${missing[*]} (the set-up would build these from source)" >&2; exit 1
+  fi
+fi
+
+size_kib="$(du -sk --exclude=threestudio-wheels "$out" | awk '{print $1}')"
 ls -l "$out/wheels" "$out/src"
 echo "== $out: $((size_kib / 1024)) MiB ($(ls "$out/wheels" | wc -l) wheels)"
 if (( size_kib > max_mib * 1024 )); then

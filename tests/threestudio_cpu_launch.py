@@ -6,6 +6,10 @@ force in the child processes that threestudio's prompt processors spawn as well 
 ``spawn`` child re-imports the parent's main script before it unpickles its target). Then
 ``launch.py`` runs unchanged as ``__main__``, in the working directory it was called from
 (where it finds ``custom/``).
+
+With ``STABLEDREAMER_STUB_MISSING_CUDA_BUILDS=1`` (the GPU check's threestudio stage), the
+CUDA builds that are not installed (tiny-cuda-nn, nvdiffrast, envlight) are stubbed on a
+CUDA machine as well, and the launch says so.
 """
 import os
 import sys
@@ -16,6 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import threestudio_cpu_shims  # noqa: E402
 
 THREESTUDIO_ROOT = Path(os.environ["THREESTUDIO_ROOT"]).resolve()
+if os.environ.get("STABLEDREAMER_STUB_MISSING_CUDA_BUILDS") == "1":
+    stubbed = threestudio_cpu_shims.stub_missing_cuda_builds()
+    if stubbed:
+        print(f"threestudio_cpu_launch: not installed, stubbed: {', '.join(stubbed)} (threestudio's NeRF "
+              "models need them; this launch does not)", flush=True)
 threestudio_cpu_shims.install(THREESTUDIO_ROOT)
 threestudio_cpu_shims.force_cpu_trainer()
 

@@ -18,7 +18,8 @@ by changing exactly these and nothing else:
 - :func:`force_cpu_trainer` makes ``pytorch_lightning.Trainer`` run on the CPU
   accelerator, because ``launch.py`` asks for ``accelerator="gpu"``.
 
-With a CUDA device nothing is changed but ``sys.path``. The extension itself never
+With a CUDA device nothing is changed but ``sys.path`` (and, where asked,
+:func:`stub_missing_cuda_builds` stands in for CUDA builds that are not installed). The extension itself never
 patches threestudio: only ``tests/conftest.py`` and ``tests/threestudio_cpu_launch.py``
 call this module.
 """
@@ -29,6 +30,10 @@ import types
 from pathlib import Path
 
 import torch
+
+# threestudio's CUDA builds: {distribution's top-level module: the module threestudio imports}
+CUDA_BUILDS = {"tinycudann": "tinycudann", "nvdiffrast": "nvdiffrast.torch", "envlight": "envlight"}
+
 
 def install(threestudio_root: Path) -> None:
     """Put the checkout ``threestudio_root`` first on ``sys.path`` and, without CUDA, apply
@@ -93,11 +98,8 @@ def _stub_module(name: str, **attributes) -> types.ModuleType:
     return module
 
 
-def _install_stub_modules() -> None:
-    # torchmetrics (through pytorch_lightning) looks for torchvision as it is imported:
-    # it must find none, not the stub.
-    import pytorch_lightning  # noqa: F401
-
+def stubbed_modules() -> dict:
+    """{module name: stub module} for every module this file can stand in for."""
     stubs = {
         "tinycudann": _stub_module(
             "tinycudann",
@@ -126,6 +128,27 @@ def _install_stub_modules() -> None:
         "torchvision.transforms.functional": functional,
         "torchvision.models": models,
     })
+    return stubs
+
+
+def stub_missing_cuda_builds() -> list:
+    """With CUDA: stand in for those of threestudio's CUDA builds (``CUDA_BUILDS``) that are
+    not installed, so threestudio imports without them; returns their names. Only what
+    uses them (threestudio's NeRF models and mesh rasterization) then fails."""
+    stubs = stubbed_modules()
+    missing = [name for name, module in CUDA_BUILDS.items() if not _importable(module)]
+    for name in missing:
+        for module in (name, CUDA_BUILDS[name]):
+            sys.modules.setdefault(module, stubs[module])
+    return missing
+
+
+def _install_stub_modules() -> None:
+    # torchmetrics (through pytorch_lightning) looks for torchvision as it is imported:
+    # it must find none, not the stub.
+    import pytorch_lightning  # noqa: F401
+
+    stubs = stubbed_modules()
     installed = {name for name in ("controlnet_aux", "torchvision") if _importable(name)}
     for name, module in stubs.items():
         if name.split(".")[0] not in installed:

@@ -13,8 +13,8 @@ DIR does not exist), then, in the Python environment it runs in:
    nvdiffrast, envlight) without build isolation (they import torch to build);
 3. links the extension into DIR (``stabledreamer-link``);
 4. checks the result in a fresh interpreter: threestudio imports with every
-   ``stabledreamer-*`` class registered (without CUDA, behind the stubs of
-   ``tests/threestudio_cpu_shims.py``), diffusers, transformers and peft import, and torch
+   ``stabledreamer-*`` class registered (behind the stubs of ``tests/threestudio_cpu_shims.py``
+   for the CUDA builds that are not installed, and on a CPU), diffusers, transformers and peft import, and torch
    sees CUDA or says it does not; then prints the installed versions.
 
 Re-running is safe: pip is skipped when every requirement is already satisfied and the
@@ -374,10 +374,13 @@ def use_cuda(info: TorchInfo, mode: str) -> bool:
 def pip(args: Sequence[str], what: str) -> None:
     command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
     print("$ " + " ".join(command), flush=True)
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if done.returncode != 0:
-        print(done.stdout[-6000:], file=sys.stderr)
-        raise SetupError(f"pip could not install {what}:\n{summarise_pip_failure(done.stdout)}")
+    output = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            output.append(line)
+    if process.returncode != 0:
+        raise SetupError(f"pip could not install {what}:\n{summarise_pip_failure(''.join(output))}")
 
 
 def extension_is_this_checkout(repo: Path) -> bool:
@@ -395,11 +398,12 @@ import importlib.util, json, os, sys
 root, repo, cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 sys.path.insert(0, root)
 import torch
-if not cuda:
-    spec = importlib.util.spec_from_file_location("threestudio_cpu_shims", os.path.join(repo, "tests", "threestudio_cpu_shims.py"))
-    shims = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shims)
-    shims.install(root)
+spec = importlib.util.spec_from_file_location("threestudio_cpu_shims", os.path.join(repo, "tests", "threestudio_cpu_shims.py"))
+shims = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(shims)
+if cuda:
+    shims.stub_missing_cuda_builds()
+shims.install(root)
 import threestudio
 package = os.path.join(root, "custom", "threestudio-stabledreamer")
 spec = importlib.util.spec_from_file_location("threestudio-stabledreamer", os.path.join(package, "__init__.py"),
@@ -502,7 +506,8 @@ def setup(root: Path, mode: str = "auto", offline: bool = False) -> int:
     print(f"Checked: threestudio {result['threestudio']} imports with {len(result['registered'])} stabledreamer-* "
           "classes registered; diffusers, transformers and peft import.")
     if result["stubbed"]:
-        print(f"  (without CUDA, {', '.join(result['stubbed'])} are stand-in stubs of tests/threestudio_cpu_shims.py)")
+        print(f"  ({', '.join(result['stubbed'])}: not installed, stand-in stubs of tests/threestudio_cpu_shims.py "
+              f"for this check; threestudio's NeRF baselines ({NERF_BASELINES}) need the real ones)")
     print(f"  torch sees CUDA: {result['device']}" if result["cuda"] else "  torch sees no CUDA device.")
     versions = installed_versions()
     print("Installed: " + ", ".join(f"{name} {versions[name]}" for name in REPORTED if name in versions))
