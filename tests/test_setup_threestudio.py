@@ -259,7 +259,7 @@ def faked(monkeypatch):
     monkeypatch.setattr(st, "installed_versions", lambda: {"numpy": "1.26.4", "torch": "2.1.0"})
     monkeypatch.setattr(st, "extension_requirements", lambda: ["numpy<2"])
     monkeypatch.setattr(st, "extension_is_this_checkout", lambda repo: True)
-    monkeypatch.setattr(st, "check", lambda root, repo, cuda: {
+    monkeypatch.setattr(st, "check", lambda root, repo: {
         "threestudio": "0.2.3", "registered": ["stabledreamer-system"], "cuda": False, "device": None,
         "stubbed": []})
     return calls

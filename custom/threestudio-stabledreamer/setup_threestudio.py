@@ -395,14 +395,13 @@ def extension_is_this_checkout(repo: Path) -> bool:
 
 CHECK_SCRIPT = r"""
 import importlib.util, json, os, sys
-root, repo, cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+root, repo = sys.argv[1], sys.argv[2]
 sys.path.insert(0, root)
 import torch
 spec = importlib.util.spec_from_file_location("threestudio_cpu_shims", os.path.join(repo, "tests", "threestudio_cpu_shims.py"))
 shims = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(shims)
-if cuda:
-    shims.stub_missing_cuda_builds()
+shims.stub_missing_cuda_builds()
 shims.install(root)
 import threestudio
 package = os.path.join(root, "custom", "threestudio-stabledreamer")
@@ -430,13 +429,13 @@ def expected_registrations(extension: Path) -> List[str]:
     return sorted(names)
 
 
-def check(root: Path, repo: Path, cuda: bool) -> dict:
+def check(root: Path, repo: Path) -> dict:
     """Import threestudio and the linked extension in a fresh interpreter; raise unless
     every ``stabledreamer-*`` class is registered."""
     import json
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, str(root), str(repo), "1" if cuda else "0"],
+    done = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, str(root), str(repo)],
                           cwd=root, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SetupError(f"threestudio with the extension does not import:\n{done.stderr[-4000:]}")
@@ -502,7 +501,7 @@ def setup(root: Path, mode: str = "auto", offline: bool = False) -> int:
     except LinkError as error:
         raise SetupError(f"linking into {root} failed: {error}") from error
 
-    result = check(root, repo, cuda)
+    result = check(root, repo)
     print(f"Checked: threestudio {result['threestudio']} imports with {len(result['registered'])} stabledreamer-* "
           "classes registered; diffusers, transformers and peft import.")
     if result["stubbed"]:
