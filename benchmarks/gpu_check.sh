@@ -2,7 +2,8 @@
 # The GPU check in one command (see README, "Checking a GPU install"):
 #   bash benchmarks/gpu_check.sh --out DIR
 # Installs what .gpu-deps/ holds (scripts/gather_gpu_deps.sh) without network, builds the
-# CUDA rasterizers, runs the device tests, the smoke run and the backend comparison on
+# CUDA rasterizers, runs the device tests, the smoke run, the README's threestudio set-up
+# with a launch.py run (when gathered with --threestudio) and the backend comparison on
 # CUDA, and writes DIR/summary.json, DIR/summary.txt and logs. Exit status: 0 all passed,
 # 1 a stage failed, 2 bad arguments, 3 no CUDA here (the CPU-side parts ran).
 set -uo pipefail
