@@ -319,10 +319,14 @@ def test_run_refuses_a_threestudio_folder_that_is_not_a_checkout(tmp_path, monke
 
 @pytest.mark.skipif(not USES_REAL_THREESTUDIO,
                     reason="needs THREESTUDIO_ROOT set up by the command: it checks the real threestudio")
-def test_rerun_on_the_real_checkout_installs_nothing_and_checks():
+def test_rerun_on_the_real_checkout_installs_nothing_and_checks(tmp_path):
     """Slow (about a minute): the command on the checkout it set up, run again."""
+    # as a user runs it: threestudio is not on the path (conftest puts it on PYTHONPATH, and the
+    # extension package would import it, without the CPU stubs), nor the repository's root
+    # (`python -m` puts the working directory first, where a build may leave an egg-info)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-m", "threestudio_stabledreamer.setup_threestudio", str(THREESTUDIO_ROOT),
-                           "--offline"], capture_output=True, text=True, timeout=600)
+                           "--offline"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Every requirement is already satisfied: nothing to install." in done.stdout
     registered = len(st.expected_registrations(REPO_ROOT / "custom" / "threestudio-stabledreamer"))
