@@ -1,0 +1,56 @@
+"""The CPU-side parts of benchmarks/gpu_check.py's launch stages (smoke and threestudio):
+the check of a trial's outputs, and the threestudio stage without gathered wheels."""
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+@pytest.fixture
+def log(tmp_path):
+    return gpu_check.Log(tmp_path / "stage.log")
+
+
+def fake_trial(outputs, device="cuda:0", steps=(10, 10), video=True):
+    save = outputs / "stabledreamer-cpu" / "a_hamburger@20260101-000000" / "save"
+    (save / "recon").mkdir(parents=True)
+    (save / "it20-export").mkdir()
+    for name in ("stage1-it0.png", "stage1-it5.png", "stage2-it10.png", "stage2-it15.png"):
+        (save / "recon" / name).write_bytes(b"png")
+    for name in ("model.ply", "model-mesh.obj", "model-mesh.glb"):
+        (save / "it20-export" / name).write_bytes(b"x")
+    if video:
+        (save / "it20-test.mp4").write_bytes(b"mp4")
+    stages = {f"stage{i + 1}": {"steps": n, "peak_memory_mib": 12.5} for i, n in enumerate(steps)}
+    (save / "metrics.json").write_text(json.dumps({"device": device, "stages": stages, "test": {"frames": 120}}))
+
+
+def test_a_complete_cuda_trial_passes(tmp_path, log):
+    fake_trial(tmp_path / "outputs")
+    result = gpu_check.trial_result(tmp_path / "outputs", 0, 12.34, log, "threestudio")
+    assert result["status"] == "ok" and result["seconds"] == 12.3
+    assert len(result["checks"]) == 8 and all(result["checks"].values())
+    assert result["metrics"]["device"] == "cuda:0"
+
+
+def test_a_cpu_trial_without_video_fails_naming_both(tmp_path, log):
+    fake_trial(tmp_path / "outputs", device="cpu", video=False)
+    result = gpu_check.trial_result(tmp_path / "outputs", 0, 1.0, log, "threestudio")
+    assert result["status"] == "failed (ran on cuda, turntable video)"
+
+
+def test_a_launch_without_trial_reports_its_exit(tmp_path, log):
+    assert gpu_check.trial_result(tmp_path, 0, 1.0, log, "smoke")["status"] == "failed (no trial directory)"
+    assert gpu_check.trial_result(tmp_path, 2, 1.0, log, "smoke")["status"] == "failed (exit 2)"
+
+
+def test_threestudio_stage_without_gathered_wheels_is_skipped(tmp_path, log):
+    result = gpu_check.run_threestudio(tmp_path / "deps", {}, tmp_path / "work", log)
+    assert result["status"].startswith("skipped (no threestudio-wheels/ or src/threestudio.tar.gz in ")
+    assert "scripts/gather_gpu_deps.sh --threestudio" in result["status"]
+    assert not (tmp_path / "work").exists()
