@@ -22,6 +22,7 @@ links are left alone when they are right.
 """
 import argparse
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -432,8 +433,6 @@ def expected_registrations(extension: Path) -> List[str]:
 def check(root: Path, repo: Path) -> dict:
     """Import threestudio and the linked extension in a fresh interpreter; raise unless
     every ``stabledreamer-*`` class is registered."""
-    import json
-
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     done = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, str(root), str(repo)],
                           cwd=root, env=env, capture_output=True, text=True)
@@ -449,6 +448,8 @@ def check(root: Path, repo: Path) -> dict:
 
 
 def setup(root: Path, mode: str = "auto", offline: bool = False) -> int:
+    """The whole set-up of the module docstring on ``root``; ``mode``: "auto", "gpu" or "cpu"
+    (see :func:`use_cuda`). Raises ``SetupError``."""
     started = time.perf_counter()
     repo = repository_root()
     constraints = repo / CONSTRAINTS_NAME
