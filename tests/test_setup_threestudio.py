@@ -6,6 +6,7 @@ command on ``$THREESTUDIO_ROOT`` in the environment the set-up made (CI's job 2)
 about a minute (it imports real threestudio in a fresh interpreter).
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -333,3 +334,20 @@ def test_rerun_on_the_real_checkout_installs_nothing_and_checks(tmp_path):
     assert f"threestudio 0.2.3 imports with {registered} stabledreamer-* classes registered" in done.stdout
     assert ("torch sees CUDA" if torch.cuda.is_available() else "torch sees no CUDA device.") in done.stdout
     assert "Installed: torch " in done.stdout
+
+
+def test_a_pip_conflict_with_a_pin_is_named(tmp_path, monkeypatch, capsys):
+    """A real pip run (about 15 s) that cannot resolve: the checkout asks for
+    huggingface_hub>=0.26 against the pin <0.26, so pip stops before installing anything."""
+    monkeypatch.setattr(st, "installed_versions", lambda: {})
+    monkeypatch.setattr(st, "extension_requirements", lambda: [])
+    root = fake_checkout(tmp_path / "threestudio", requirements="huggingface_hub>=0.26\n")
+    code, out = cli(capsys, root, "--cpu")
+    assert code == 1
+    assert "pip could not install threestudio's requirements and this extension under " \
+           "constraints/threestudio-0.2.3.txt:" in out.err
+    summary = out.err.split("constraints/threestudio-0.2.3.txt:", 1)[1].strip().splitlines()
+    assert summary[0].startswith("ERROR: Cannot install huggingface_hub>=0.26 because")
+    assert "The conflict is caused by:" in summary
+    # pip names the pin by its normalised name
+    assert any("constraint" in line and re.search(r"huggingface[-_]hub<0\.26", line) for line in summary)

@@ -268,7 +268,7 @@ def summarise_pip_failure(output: str) -> str:
                     break
                 block.append(follow)
             keep.extend(block)
-        elif line.startswith("ERROR:") or "Cannot install" in line or "conflict" in line.lower():
+        elif line.startswith("ERROR:") or "Cannot install" in line:
             if line not in keep:
                 keep.append(line)
     return "\n".join(keep or lines[-15:])
