@@ -1,7 +1,8 @@
 """``stabledreamer-setup-threestudio`` (``threestudio_stabledreamer.setup_threestudio``).
 
 Fast tests drive its parts on fake checkouts and fake installed versions (nothing is
-installed). ``test_rerun_on_the_real_checkout_installs_nothing_and_checks`` runs the whole
+installed; ``test_a_pip_conflict_with_a_pin_is_named`` runs pip for real, on requirements
+that cannot resolve). ``test_rerun_on_the_real_checkout_installs_nothing_and_checks`` runs the whole
 command on ``$THREESTUDIO_ROOT`` in the environment the set-up made (CI's job 2); it takes
 about a minute (it imports real threestudio in a fresh interpreter).
 """
