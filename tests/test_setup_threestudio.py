@@ -316,6 +316,22 @@ def test_run_refuses_a_threestudio_folder_that_is_not_a_checkout(tmp_path, monke
     assert run.threestudio_checkout(fake_checkout(tmp_path / "ts")) == (tmp_path / "ts").resolve()
 
 
+
+def test_run_sets_the_checkout_up_before_the_gpu_run(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run, "set_up_threestudio", lambda root: calls.append(("set-up", root)))
+
+    def run_in_threestudio(root, gpu, prompt, overrides, exp_root):
+        calls.append(("run", root))
+        raise run.RunError("stopped here")
+
+    monkeypatch.setattr(run, "run_in_threestudio", run_in_threestudio)
+    root = fake_checkout(tmp_path / "threestudio").resolve()
+    assert run.main(["--prompt", "a hamburger", "--threestudio", str(root)]) == 1
+    assert calls == [("set-up", root), ("run", root)]
+    assert "stopped here" in capsys.readouterr().err
+
 # ---------------------------------------------------------------- the real thing
 
 
