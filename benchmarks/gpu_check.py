@@ -382,9 +382,8 @@ def run_threestudio(deps: Path, env: dict, work: Path, log: Log) -> dict:
     setup = load_setup_module()
     constraints = REPO / setup.CONSTRAINTS_NAME
     # the system's packages outside the pins are shadowed by pinned ones inside the venv
-    outside = setup.constraint_violations(setup.installed_versions(), setup.parse_constraints(constraints.read_text()),
-                                          setup.CONSTRAINTS_NAME)
-    shadow = sorted({line.split(" is installed")[0].split()[0] for line in outside})
+    outside = setup.outside_pins(setup.installed_versions(), setup.parse_constraints(constraints.read_text()))
+    shadow = [name for name, _, _ in outside]
     log.write(f"system packages outside the pins, shadowed in the venv: {shadow}")
     steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)]]
     if shadow:

@@ -56,3 +56,10 @@ def test_threestudio_stage_without_gathered_wheels_is_skipped(tmp_path, log):
     assert result["status"].startswith("skipped (no threestudio-wheels/ or src/threestudio.tar.gz in ")
     assert "scripts/gather_gpu_deps.sh --threestudio" in result["status"]
     assert not (tmp_path / "work").exists()
+
+
+def test_the_setup_module_loads_by_path_and_names_what_lies_outside_the_pins():
+    setup = gpu_check.load_setup_module()
+    pins = setup.parse_constraints((REPO_ROOT / setup.CONSTRAINTS_NAME).read_text())
+    outside = setup.outside_pins({"numpy": "2.4.0", "diffusers": "0.19.3", "huggingface-hub": "0.36.0"}, pins)
+    assert [(name, version) for name, version, _ in outside] == [("huggingface-hub", "0.36.0"), ("numpy", "2.4.0")]

@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -98,13 +98,20 @@ def parse_constraints(text: str) -> Dict[str, Pin]:
     return pins
 
 
+def outside_pins(installed: Dict[str, str], pins: Dict[str, Pin]) -> List[Tuple[str, str, Pin]]:
+    """(name, version, pin) of each installed distribution (``{name: version}``) outside its pin."""
+    found = []
+    for name, version in sorted(installed.items()):
+        pin = pins.get(canonicalize_name(name))
+        if pin is not None and not _version_in(version, pin.requirement):
+            found.append((name, version, pin))
+    return found
+
+
 def constraint_violations(installed: Dict[str, str], pins: Dict[str, Pin], source: str) -> List[str]:
     """One message per installed distribution (``{name: version}``) outside its pin."""
     problems = []
-    for name, version in sorted(installed.items()):
-        pin = pins.get(canonicalize_name(name))
-        if pin is None or _version_in(version, pin.requirement):
-            continue
+    for name, version, pin in outside_pins(installed, pins):
         spec = f"{pin.requirement.name}{pin.requirement.specifier}"
         why = f" ({pin.reason.rstrip('.')})" if pin.reason else ""
         problems.append(
