@@ -63,3 +63,13 @@ def test_the_setup_module_loads_by_path_and_names_what_lies_outside_the_pins():
     pins = setup.parse_constraints((REPO_ROOT / setup.CONSTRAINTS_NAME).read_text())
     outside = setup.outside_pins({"numpy": "2.4.0", "diffusers": "0.19.3", "huggingface-hub": "0.36.0"}, pins)
     assert [(name, version) for name, version, _ in outside] == [("huggingface-hub", "0.36.0"), ("numpy", "2.4.0")]
+
+
+def test_summary_says_what_the_threestudio_stage_stubbed():
+    stage = {"status": "ok", "seconds": 80.0, "setup_s": 50.0, "stubbed": "tinycudann, nvdiffrast, envlight",
+             "checks": {"ran on cuda": True}}
+    table = gpu_check.summary_table({"stages": {"threestudio": stage}, "verdict": "PASSED"}).splitlines()
+    row = table.index(next(line for line in table if line.startswith("threestudio ")))
+    assert table[row + 1].split() == ["set-up", "50.0", "s;", "stubbed,", "not", "built", "here:", "tinycudann,",
+                                      "nvdiffrast,", "envlight"]
+    assert table[row + 2].strip() == "ran on cuda: yes"
