@@ -289,6 +289,29 @@ def test_pip_runs_under_the_constraints_and_a_pin_of_the_installed_torch(tmp_pat
     assert pins == ["numpy\nno-such-distribution==1.0\n", CONSTRAINTS.read_text(), "torch==2.1.0\n"]
 
 
+def test_with_cuda_the_cuda_builds_follow_without_build_isolation(tmp_path, faked, capsys, monkeypatch):
+    monkeypatch.setattr(st, "torch_info", lambda: st.TorchInfo("2.1.0", "12.1", True))
+    monkeypatch.setattr(st.importlib.metadata, "version", {"torch": "2.1.0"}.__getitem__)
+    lines = ["numpy", "no-such-distribution==1.0", *CUDA_GIT, "xformers"]
+    code, out = cli(capsys, fake_checkout(tmp_path / "threestudio", requirements="\n".join(lines) + "\n"), "--gpu")
+    assert code == 0, out.err
+    (main_args, main_files), (cuda_args, cuda_files) = faked
+    assert main_files[0] == "numpy\nno-such-distribution==1.0\n"
+    assert cuda_args[0] == "--no-build-isolation" and cuda_args[1:4] == CUDA_GIT
+    assert cuda_files == [CONSTRAINTS.read_text(), "torch==2.1.0\n"]
+    assert "NeRF baselines" not in out.out and "xformers dropped" in out.out
+
+
+def test_missing_cuda_builds_alone_are_installed_alone(tmp_path, faked, capsys, monkeypatch):
+    """The other requirements satisfied (a CPU set-up before, say): only the CUDA builds."""
+    monkeypatch.setattr(st, "torch_info", lambda: st.TorchInfo("2.1.0", "12.1", True))
+    monkeypatch.setattr(st.importlib.metadata, "version", {"torch": "2.1.0"}.__getitem__)
+    code, out = cli(capsys, fake_checkout(tmp_path / "threestudio", requirements="\n".join(["numpy", *CUDA_GIT])),
+                    "--gpu")
+    assert code == 0, out.err
+    ((args, _),) = faked
+    assert args[:4] == ["--no-build-isolation", *CUDA_GIT]
+
 def test_a_torch_replaced_by_pip_is_an_error(tmp_path, faked, capsys, monkeypatch):
     monkeypatch.setattr(st, "torch_info", lambda: st.TorchInfo("2.1.0", None, False))
     monkeypatch.setattr(st.importlib.metadata, "version", {"torch": "2.2.0"}.__getitem__)

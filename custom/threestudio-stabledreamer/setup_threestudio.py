@@ -401,6 +401,28 @@ def extension_is_this_checkout(repo: Path) -> bool:
     return Path(repo).resolve().as_uri() in direct
 
 
+def install(filtered: Filtered, repo: Path, constraints: Path, torch_version: str, main_needed: bool) -> None:
+    """pip under ``constraints`` and a pin of the installed torch: threestudio's kept
+    requirements with this extension (when ``main_needed``), then the CUDA builds that are
+    missing, without build isolation (they import torch to build). Raises when pip fails or
+    torch changed."""
+    with tempfile.TemporaryDirectory() as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text("\n".join(filtered.kept) + "\n")
+        torch_pin = Path(scratch) / "torch.txt"
+        torch_pin.write_text(f"torch=={torch_version}\n")
+        pins = ["-c", str(constraints), "-c", str(torch_pin)]
+        if main_needed:
+            pip(["-r", str(requirements), "-e", str(repo), *pins],
+                "threestudio's requirements and this extension under " + CONSTRAINTS_NAME)
+        missing = unsatisfied(filtered.cuda_git, installed_versions())
+        if missing:
+            pip(["--no-build-isolation", *missing, *pins],
+                "threestudio's CUDA packages (tiny-cuda-nn needs nvcc and a CUDA toolkit matching torch)")
+    if importlib.metadata.version("torch") != torch_version:
+        raise SetupError(f"pip replaced torch {torch_version} by {importlib.metadata.version('torch')}")
+
+
 CHECK_SCRIPT = r"""
 import importlib.util, json, os, sys
 root, repo = sys.argv[1], sys.argv[2]
@@ -483,21 +505,10 @@ def setup(root: Path, mode: str = "auto", offline: bool = False) -> int:
         print(f"Without CUDA, threestudio's NeRF baselines ({NERF_BASELINES}) are disabled; run this again on a "
               "CUDA machine (or with --gpu) to install tiny-cuda-nn, nvdiffrast and envlight for them.")
 
-    needed = unsatisfied(filtered.kept + extension_requirements(), installed)
-    if needed or not extension_is_this_checkout(repo):
-        with tempfile.TemporaryDirectory() as scratch:
-            requirements = Path(scratch) / "requirements.txt"
-            requirements.write_text("\n".join(filtered.kept) + "\n")
-            torch_pin = Path(scratch) / "torch.txt"
-            torch_pin.write_text(f"torch=={torch.version}\n")
-            pip(["-r", str(requirements), "-e", str(repo), "-c", str(constraints), "-c", str(torch_pin)],
-                "threestudio's requirements and this extension under " + CONSTRAINTS_NAME)
-            if filtered.cuda_git and unsatisfied(filtered.cuda_git, installed_versions()):
-                pip(["--no-build-isolation", *unsatisfied(filtered.cuda_git, installed_versions()),
-                     "-c", str(constraints), "-c", str(torch_pin)],
-                    "threestudio's CUDA packages (tiny-cuda-nn needs nvcc and a CUDA toolkit matching torch)")
-        if importlib.metadata.version("torch") != torch.version:
-            raise SetupError(f"pip replaced torch {torch.version} by {importlib.metadata.version('torch')}")
+    main_needed = bool(unsatisfied(filtered.kept + extension_requirements(), installed)) \
+        or not extension_is_this_checkout(repo)
+    if main_needed or unsatisfied(filtered.cuda_git, installed):
+        install(filtered, repo, constraints, torch.version, main_needed)
     else:
         print("Every requirement is already satisfied: nothing to install.")
 
