@@ -164,8 +164,8 @@ def test_cli_fails_on_an_installed_huggingface_hub_0_26(tmp_path):
 def test_cpu_filter_drops_cuda_packages_and_says_what_that_disables():
     filtered = st.filter_requirements(REQUIREMENTS, cuda=False, offline=False, torchvision_installed=False)
     assert filtered.kept == ["pytorch-lightning==2.0.0", "omegaconf==2.3.0", "nerfacc==0.5.2", "diffusers<0.20",
-                             "libigl", "pysdf", "huggingface_hub"]
-    assert filtered.cuda_git == []
+                             "libigl", "huggingface_hub"]
+    assert filtered.cuda_git == [] and filtered.optional == ["pysdf"]
     notes = "\n".join(filtered.notes)
     assert len(filtered.notes) == 11
     for line in CUDA_GIT:
@@ -198,7 +198,7 @@ def test_offline_filter_drops_every_git_requirement_with_its_reason():
     notes = "\n".join(filtered.notes)
     assert "git+https://github.com/ashawkey/envlight.git dropped: offline (a git clone); the NeRF baselines" in notes
     assert "git+https://github.com/openai/CLIP.git dropped: offline" in notes
-    assert "pysdf dropped: offline (its build downloads Eigen)" in notes
+    assert "pysdf dropped: offline (its build downloads Eigen)" in notes and filtered.optional == []
 
 
 @pytest.mark.skipif(not USES_REAL_THREESTUDIO, reason="needs THREESTUDIO_ROOT: reads real threestudio's requirements")
@@ -311,6 +311,25 @@ def test_missing_cuda_builds_alone_are_installed_alone(tmp_path, faked, capsys, 
     assert code == 0, out.err
     ((args, _),) = faked
     assert args[:4] == ["--no-build-isolation", *CUDA_GIT]
+
+def test_an_optional_build_that_fails_only_warns(tmp_path, faked, capsys, monkeypatch):
+    monkeypatch.setattr(st, "torch_info", lambda: st.TorchInfo("2.1.0", None, False))
+    monkeypatch.setattr(st.importlib.metadata, "version", {"torch": "2.1.0"}.__getitem__)
+    recorded = st.pip
+
+    def pip(args, what):
+        recorded(args, what)
+        if args[0] == "pysdf":
+            raise st.SetupError("pip could not install pysdf:\nERROR: Failed building wheel for pysdf")
+
+    monkeypatch.setattr(st, "pip", pip)
+    root = fake_checkout(tmp_path / "threestudio", requirements="no-such-distribution==1.0\npysdf\n")
+    code, out = cli(capsys, root, "--cpu")
+    assert code == 0, out.err
+    assert [args[0] for args, _ in faked] == ["-r", "pysdf"]
+    assert "Warning: pip could not install pysdf:\nERROR: Failed building wheel for pysdf\n  Left out; pysdf is " \
+           "optional here" in out.out
+    assert "Checked:" in out.out
 
 def test_a_torch_replaced_by_pip_is_an_error(tmp_path, faked, capsys, monkeypatch):
     monkeypatch.setattr(st, "torch_info", lambda: st.TorchInfo("2.1.0", None, False))

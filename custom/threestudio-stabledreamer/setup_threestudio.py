@@ -55,8 +55,9 @@ GIT_PACKAGES = {
 # Requirements that need torchvision, which PyPI has only as a CUDA build: on a CPU torch
 # it would not load.
 NEEDS_TORCHVISION = {"controlnet-aux", "taming-transformers-rom1504", "clip"}
-# Requirements whose build downloads more source (pysdf fetches Eigen); threestudio uses
-# pysdf only to initialise an implicit SDF from a mesh.
+# Requirements whose build downloads more source (pysdf fetches Eigen): installed in a pip
+# call of their own whose failure is reported, not fatal. threestudio uses pysdf only to
+# initialise an implicit SDF from a mesh.
 BUILD_DOWNLOADS = {"pysdf"}
 # Distributions whose versions the set-up prints at the end.
 REPORTED = ("torch", "threestudio-stabledreamer", "diffusers", "transformers", "huggingface-hub", "tokenizers",
@@ -145,6 +146,7 @@ def installed_versions() -> Dict[str, str]:
 class Filtered:
     kept: List[str]          # requirement lines for the main pip call
     cuda_git: List[str]      # CUDA-only git requirements, installed without build isolation
+    optional: List[str]      # requirements whose build needs network (BUILD_DOWNLOADS): failure only warns
     notes: List[str]         # one line per dropped or replaced requirement, with its reason
 
 
@@ -184,10 +186,11 @@ def filter_requirements(lines: Iterable[str], cuda: bool, offline: bool, torchvi
     - without CUDA: tiny-cuda-nn, nvdiffrast and envlight (CUDA builds) and bitsandbytes
       (8-bit T5 on CUDA) are dropped, and so are the packages that need torchvision when
       torchvision is not installed;
-    - offline (no GitHub): every remaining git requirement is dropped, and so is pysdf,
-      whose build downloads Eigen.
+    - pysdf, whose build downloads Eigen, goes to ``optional`` (a pip call whose failure
+      only warns); offline (no GitHub) it is dropped, and so is every remaining git
+      requirement.
     """
-    kept, cuda_git, notes = [], [], []
+    kept, cuda_git, optional, notes = [], [], [], []
     for raw in lines:
         line = raw.split(" #")[0].strip()
         if not line or line.startswith("#"):
@@ -230,9 +233,11 @@ def filter_requirements(lines: Iterable[str], cuda: bool, offline: bool, torchvi
         elif name in BUILD_DOWNLOADS and offline:
             notes.append(f"{line} dropped: offline (its build downloads Eigen); threestudio uses it only to "
                          "initialise an implicit SDF from a mesh")
+        elif name in BUILD_DOWNLOADS:
+            optional.append(line)
         else:
             kept.append(line)
-    return Filtered(kept, cuda_git, notes)
+    return Filtered(kept, cuda_git, optional, notes)
 
 
 def unsatisfied(lines: Iterable[str], installed: Dict[str, str]) -> List[str]:
@@ -403,9 +408,9 @@ def extension_is_this_checkout(repo: Path) -> bool:
 
 def install(filtered: Filtered, repo: Path, constraints: Path, torch_version: str, main_needed: bool) -> None:
     """pip under ``constraints`` and a pin of the installed torch: threestudio's kept
-    requirements with this extension (when ``main_needed``), then the CUDA builds that are
-    missing, without build isolation (they import torch to build). Raises when pip fails or
-    torch changed."""
+    requirements with this extension (when ``main_needed``) and then its optional ones
+    (a failure there is printed, not raised), then the CUDA builds that are missing, without
+    build isolation (they import torch to build). Raises when pip fails or torch changed."""
     with tempfile.TemporaryDirectory() as scratch:
         requirements = Path(scratch) / "requirements.txt"
         requirements.write_text("\n".join(filtered.kept) + "\n")
@@ -415,6 +420,13 @@ def install(filtered: Filtered, repo: Path, constraints: Path, torch_version: st
         if main_needed:
             pip(["-r", str(requirements), "-e", str(repo), *pins],
                 "threestudio's requirements and this extension under " + CONSTRAINTS_NAME)
+            for line in unsatisfied(filtered.optional, installed_versions()):
+                try:
+                    pip([line, *pins], line)
+                except SetupError as error:
+                    print(f"Warning: {error}\n  Left out; {line} is optional here: threestudio uses it only to "
+                          "initialise an implicit SDF from a mesh (install it where its build can download "
+                          "Eigen, or pass --offline to skip it).", flush=True)
         missing = unsatisfied(filtered.cuda_git, installed_versions())
         if missing:
             pip(["--no-build-isolation", *missing, *pins],
