@@ -9,13 +9,15 @@ DIR does not exist), then, in the Python environment it runs in:
 2. installs threestudio's ``requirements.txt`` (filtered: see :func:`filter_requirements`,
    every dropped or replaced line is printed with its reason) and this extension (editable)
    in one pip call under that constraints file plus a pin of the installed torch, so torch
-   is never replaced; with CUDA, then threestudio's CUDA-only git packages (tiny-cuda-nn,
-   nvdiffrast, envlight) without build isolation (they import torch to build);
+   is never replaced; then pysdf on its own (its build downloads Eigen; a failure only
+   warns); with CUDA, then threestudio's CUDA-only git packages (tiny-cuda-nn, nvdiffrast,
+   envlight) without build isolation (they import torch to build);
 3. links the extension into DIR (``stabledreamer-link``);
 4. checks the result in a fresh interpreter: threestudio imports with every
-   ``stabledreamer-*`` class registered (behind the stubs of ``tests/threestudio_cpu_shims.py``
-   for the CUDA builds that are not installed, and on a CPU), diffusers, transformers and peft import, and torch
-   sees CUDA or says it does not; then prints the installed versions.
+   ``stabledreamer-*`` class registered (behind the stubs of
+   ``tests/threestudio_cpu_shims.py`` for the CUDA builds that are not installed, and on a
+   CPU), diffusers, transformers and peft import, and torch sees CUDA or says it does not;
+   then prints the installed versions.
 
 Re-running is safe: pip is skipped when every requirement is already satisfied and the
 links are left alone when they are right.
