@@ -2,12 +2,14 @@
 
 With a threestudio checkout (``--threestudio`` or ``$THREESTUDIO_ROOT``) and a CUDA GPU,
 links this extension into the checkout and runs ``configs/stabledreamer.yaml`` there with
-threestudio's own ``launch.py``. Otherwise it builds the tiny local models and runs
+threestudio's own ``launch.py``. Otherwise the prompt cannot be honoured, and it runs the
+known-answer job (``run_known_answer``): the config with the lab's exact prior in place
+of the diffusion model, rebuilding a known object (``--object``, ``--steps``) that the
+result is scored against. ``--smoke`` instead builds the tiny local models and runs
 ``configs/stabledreamer-cpu.yaml`` through the threestudio stand-in shipped with the
 tests: that run shows the pipeline working end to end; it is not a real result.
-Either way it ends by printing where the turntable video, the Gaussians' PLY and the
-mesh files are. Further ``a.b=c`` arguments are passed to the launcher as config
-overrides.
+Every run ends by printing where the turntable video, the Gaussians' PLY and the mesh
+files are. Further ``a.b=c`` arguments are passed to the launcher as config overrides.
 """
 import argparse
 import json
@@ -43,8 +45,8 @@ def source_checkout() -> Path:
 
 def prompt_override(prompt: str) -> str:
     """The prompt as a dot-list override; JSON quoting keeps commas and colons literal."""
-    if not prompt.strip():
-        raise RunError("--prompt is empty: give the text prompt of the object to generate")
+    if not prompt or not prompt.strip():
+        raise RunError("--prompt is empty or missing: give the text prompt of the object to generate")
     return f"system.prompt_processor.prompt={json.dumps(prompt)}"
 
 
@@ -126,12 +128,60 @@ def report_outputs(trial: Path) -> bool:
     return all(path is not None for path in found.values())
 
 
+def missing_for_gpu(root: Optional[Path], has_gpu: bool) -> str:
+    """What the GPU run lacks, in words ("" when nothing)."""
+    return " and ".join(what for what, ok in (
+        ("no threestudio checkout (--threestudio or $THREESTUDIO_ROOT)", root is not None),
+        ("no CUDA GPU", has_gpu)) if not ok)
+
+
+def known_answer_banner(missing: str, prompt: Optional[str], obj: str, steps: int) -> str:
+    asked = f' ("{prompt}")' if prompt else ""
+    return (
+        "\n" + "=" * 78 + "\n" + missing[0].upper() + missing[1:] + ".\n"
+        f"Without a GPU the text prompt{asked} cannot be honoured: the diffusion models that\n"
+        "turn a prompt into 3D need one. Running instead the known-answer job: the real\n"
+        f"pipeline of configs/{MAIN_CONFIG} (our IF guidance, annealing, Gaussians, density\n"
+        "control) with the lab's exact image prior in place of DeepFloyd IF, its stage 1\n"
+        f"compressed to {steps} steps, rebuilding a known object ({obj}); the result is scored\n"
+        "against it. --object head|house|duck picks the object, --steps the length, --smoke\n"
+        "runs the tiny-model smoke run instead.\n" + "=" * 78 + "\n"
+    )
+
+
+def run_known_answer(obj: str, steps: int, prompt: Optional[str], missing: str, overrides: Sequence[str],
+                     root: Path) -> int:
+    """The CPU main job (``lab.known_answer``); prints where its outputs are and its scores."""
+    from .lab.known_answer import KnownAnswerError, check_inputs
+    from .lab.known_answer import run_known_answer as known_answer
+
+    try:
+        check_inputs(obj, steps)
+    except KnownAnswerError as error:
+        raise RunError(str(error)) from error
+    print(known_answer_banner(missing, prompt, obj, steps), flush=True)
+    try:
+        run = known_answer(obj, steps, root, overrides=overrides)
+    except RuntimeError as error:
+        raise RunError(str(error)) from error
+    print(f"\nTrial directory: {run.trial_dir}")
+    for label, path in run.outputs.items():
+        print(f"  {label:24s} {path if path is not None else 'MISSING'}")
+    scores = run.scores
+    print(f"\nScores of the {obj} against the ground truth (72 held-out views): PSNR {scores['psnr']:.2f} dB, "
+          f"SSIM {scores['ssim']:.3f}, silhouette IoU {scores['iou']:.3f}, multi-face {scores['multi_face']:.3f} "
+          f"(0 = true back, 1 = the front copied onto the back); {scores['num_gaussians']} Gaussians.")
+    return 0 if all(path is not None for path in run.outputs.values()) else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m threestudio_stabledreamer.run",
-        description="Run StableDreamer: on a GPU inside a threestudio checkout, else a CPU smoke run.",
+        description="Run StableDreamer: on a GPU inside a threestudio checkout, else the known-answer run "
+        "on a CPU (or, with --smoke, the tiny-model smoke run).",
     )
-    parser.add_argument("--prompt", required=True, help="text prompt of the object to generate")
+    parser.add_argument("--prompt", default=None,
+                        help="text prompt of the object to generate (required on a GPU and with --smoke)")
     parser.add_argument("--threestudio", type=Path, default=os.environ.get("THREESTUDIO_ROOT") or None,
                         help="threestudio checkout (default: $THREESTUDIO_ROOT)")
     parser.add_argument("--gpu", default="0", help="GPU index(es) for threestudio's launch.py")
@@ -139,6 +189,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="working directory of the CPU smoke run (default: ./stabledreamer-smoke)")
     parser.add_argument("--outputs", type=Path, default=None,
                         help="exp_root_dir of the run (default: <threestudio>/outputs or <workdir>/outputs)")
+    parser.add_argument("--object", default="head",
+                        help="without a GPU: the known object to rebuild, head, house or duck (default head)")
+    parser.add_argument("--steps", type=int, default=500,
+                        help="without a GPU: training steps of the known-answer run (default 500)")
+    parser.add_argument("--known-answer-dir", type=Path, default=Path("stabledreamer-known-answer"),
+                        help="without a GPU: where the known-answer runs go (default ./stabledreamer-known-answer)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the CPU smoke configuration on tiny random models instead (not a real result)")
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
     if unknown:
@@ -149,13 +207,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     has_gpu = torch.cuda.is_available()
     root = args.threestudio.resolve() if args.threestudio else None
     try:
-        if root is not None and has_gpu:
+        if not args.smoke and not (root is not None and has_gpu):
+            return run_known_answer(args.object, args.steps, args.prompt, missing_for_gpu(root, has_gpu), overrides,
+                                    args.known_answer_dir)
+        if root is not None and has_gpu and not args.smoke:
             exp_root = (args.outputs or root / "outputs").resolve()
             trial = run_in_threestudio(root, args.gpu, args.prompt, overrides, exp_root)
         else:
-            missing = " and ".join(what for what, ok in (
-                ("no threestudio checkout (--threestudio or $THREESTUDIO_ROOT)", root is not None),
-                ("no CUDA GPU", has_gpu)) if not ok)
+            missing = missing_for_gpu(root, has_gpu) or "--smoke was given"
             print(
                 "\n" + "=" * 78 + "\n" + missing[0].upper() + missing[1:] + ".\n"
                 f"Running the CPU smoke configuration configs/{SMOKE_CONFIG} on tiny, randomly\n"
