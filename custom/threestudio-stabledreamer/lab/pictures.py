@@ -61,7 +61,7 @@ def grid_picture(path: Path, rows: Sequence[Row], column_labels: Sequence[str], 
     if any(len(views) != columns for _, views in rows):
         raise ValueError(f"every row needs {columns} views ({list(column_labels)}), got "
                          f"{[len(views) for _, views in rows]}")
-    label_width, header = 1.9, 0.3 + (0.3 if title else 0.0)
+    label_width, header = 1.6, 0.3 + (0.3 if title else 0.0)
     width, height = label_width + columns * tile_inches, header + len(rows) * tile_inches
     figure = plt.figure(figsize=(width, height), dpi=100)
     if title:
@@ -151,5 +151,5 @@ def reconstruction_picture(path: Path, trial_dir: Path, max_rows: int = 5, scale
         tile = image.shape[1] // 3
         views = [image[:tile, c * tile:(c + 1) * tile] for c in range(3)]
         rows.append((f"step {step}\nt = {t}", np.stack(views)))
-    return grid_picture(path, rows, ["render", "noisy input x_t", "x0_hat (pseudo ground truth)"],
+    return grid_picture(path, rows, ["render", "noisy input x_t", "denoised x0_hat"],
                         title=title, tile_inches=0.64 * scale)
