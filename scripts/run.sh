@@ -17,7 +17,7 @@ while kill -0 "$pip_pid" 2>/dev/null; do
     kill -0 "$pip_pid" 2>/dev/null || break
   done
   if kill -0 "$pip_pid" 2>/dev/null; then
-    echo "  still installing after $((SECONDS - start)) s: $(grep -E '^(Collecting|Downloading|Installing|Building|Using cached)' "$log" | tail -n 1 | cut -c1-100)"
+    echo "  still installing after $((SECONDS - start)) s: $(grep -E '^(Collecting|Processing|Downloading|Installing|Building|Using cached)' "$log" | tail -n 1 | cut -c1-100)"
   fi
 done
 if ! wait "$pip_pid"; then
