@@ -136,11 +136,11 @@ def missing_for_gpu(root: Optional[Path], has_gpu: bool) -> str:
 
 
 def known_answer_banner(missing: str, prompt: Optional[str], obj: str, steps: int) -> str:
-    asked = f' ("{prompt}")' if prompt else ""
+    asked = f'The prompt given, "{prompt}", is not used.\n' if prompt else ""
     return (
         "\n" + "=" * 78 + "\n" + missing[0].upper() + missing[1:] + ".\n"
-        f"Without a GPU the text prompt{asked} cannot be honoured: the diffusion models that\n"
-        "turn a prompt into 3D need one. Running instead the known-answer job: the real\n"
+        "Without a GPU the text prompt cannot be honoured: the diffusion models that turn a\n"
+        f"prompt into 3D need one. {asked}Running instead the known-answer job: the real\n"
         f"pipeline of configs/{MAIN_CONFIG} (our IF guidance, annealing, Gaussians, density\n"
         "control) with the lab's exact image prior in place of DeepFloyd IF, its stage 1\n"
         f"compressed to {steps} steps, rebuilding a known object ({obj}); the result is scored\n"
