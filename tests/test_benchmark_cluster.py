@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from browser_page import assert_relative_and_present, needs_chromium, open_page
 from conftest import LAUNCHER
 from threestudio_stabledreamer.benchmark import cli
 from threestudio_stabledreamer.benchmark.runs import RunRecord, prompt_slug
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 METHOD = "stabledreamer-cpu"
 PROMPTS = ["a hamburger", "a zoomed out DSLR photo of a corgi wearing a top hat"]
 TEST_VIEWS = 5  # azimuths 0, 90, 180, 270, 360: front, side, back, side, front
@@ -164,49 +164,16 @@ def test_slurm_rerun_submits_nothing_for_finished_runs(slurm_comparison):
     assert sorted(p.name for p in (out / "slurm").iterdir() if p.name.isdigit()) == job_folders
 
 
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium (apt-get install chromium)")
+@needs_chromium
 def test_results_page_opens_cleanly_in_headless_chromium(local_comparison, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[test]')")
     page_path = local_comparison / "results.html"
     html = page_path.read_text()
     assert "view agreement" in html and "back as front" in html
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            messages = []
-            page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
-            failed = []
-            page.on("requestfailed", lambda r: failed.append(r.url))
-            page.goto(page_path.as_uri())
-            page.wait_for_load_state("load")
-            images = page.evaluate("[...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
-            videos = page.evaluate(
-                """() => Promise.all([...document.querySelectorAll('video')].map(v => new Promise(done => {
-                    const report = () => done([v.getAttribute('src'), v.readyState, v.error && v.error.code]);
-                    if (v.readyState >= 1 || v.error) return report();
-                    v.addEventListener('loadedmetadata', report);
-                    v.addEventListener('error', report);
-                })))"""
-            )
-            links = page.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
-            screenshot = tmp_path / "results.png"
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
-    print(f"screenshot: {screenshot}")
-    assert [m for m in messages if m.startswith(("error", "pageerror"))] == [], messages
-    assert failed == []
-    assert len(images) == 3 and all(complete and width > 100 for _, complete, width in images), images
-    assert len(videos) == len(PROMPTS)
-    for src, ready, error in videos:
-        assert not Path(src).is_absolute() and error is None and ready >= 1, (src, ready, error)
-    assert len(links) == 2 * len(PROMPTS)
-    for href in links:
-        assert not Path(href).is_absolute() and (page_path.parent / href).exists(), href
-    assert screenshot.stat().st_size > 10_000
+    view = open_page(page_path, tmp_path / "results.png")
+    assert view.errors == [], view.messages
+    assert view.failed == []
+    assert len(view.images) == 3 and all(complete and width > 100 for _, complete, width in view.images), view.images
+    assert len(view.videos) == len(PROMPTS)
+    assert len(view.links) == 2 * len(PROMPTS)
+    assert_relative_and_present(page_path, view)
+    assert view.screenshot.stat().st_size > 10_000

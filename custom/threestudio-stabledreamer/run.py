@@ -2,13 +2,16 @@
 
 With a threestudio checkout (``--threestudio`` or ``$THREESTUDIO_ROOT``) and a CUDA GPU,
 sets it up (``stabledreamer-setup-threestudio``: threestudio's requirements under this
-repository's constraints, the extension linked in) and runs ``configs/stabledreamer.yaml`` there with
-threestudio's own ``launch.py``. Otherwise it builds the tiny local models and runs
+repository's constraints, the extension linked in) and runs ``configs/stabledreamer.yaml``
+there with threestudio's own ``launch.py``. A ``--threestudio`` that is not a checkout is an
+error on every machine. Otherwise the prompt cannot be honoured, and it runs the
+known-answer job (``run_known_answer``): the config with the lab's exact prior in place
+of the diffusion model, rebuilding a known object (``--object``, ``--steps``) that the
+result is scored against. ``--smoke`` instead builds the tiny local models and runs
 ``configs/stabledreamer-cpu.yaml`` through the threestudio stand-in shipped with the
 tests: that run shows the pipeline working end to end; it is not a real result.
-Either way it ends by printing where the turntable video, the Gaussians' PLY and the
-mesh files are. Further ``a.b=c`` arguments are passed to the launcher as config
-overrides.
+Every run ends by printing where the turntable video, the Gaussians' PLY and the mesh
+files are. Further ``a.b=c`` arguments are passed to the launcher as config overrides.
 """
 import argparse
 import json
@@ -44,8 +47,8 @@ def source_checkout() -> Path:
 
 def prompt_override(prompt: str) -> str:
     """The prompt as a dot-list override; JSON quoting keeps commas and colons literal."""
-    if not prompt.strip():
-        raise RunError("--prompt is empty: give the text prompt of the object to generate")
+    if not prompt or not prompt.strip():
+        raise RunError("--prompt is empty or missing: give the text prompt of the object to generate")
     return f"system.prompt_processor.prompt={json.dumps(prompt)}"
 
 
@@ -159,12 +162,60 @@ def report_outputs(trial: Path) -> bool:
     return all(path is not None for path in found.values())
 
 
+def missing_for_gpu(root: Optional[Path], has_gpu: bool) -> str:
+    """What the GPU run lacks, in words ("" when nothing)."""
+    return " and ".join(what for what, ok in (
+        ("no threestudio checkout (--threestudio or $THREESTUDIO_ROOT)", root is not None),
+        ("no CUDA GPU", has_gpu)) if not ok)
+
+
+def known_answer_banner(missing: str, prompt: Optional[str], obj: str, steps: int) -> str:
+    asked = f'The prompt given, "{prompt}", is not used.\n' if prompt else ""
+    return (
+        "\n" + "=" * 78 + "\n" + missing[0].upper() + missing[1:] + ".\n"
+        "Without a GPU the text prompt cannot be honoured: the diffusion models that turn a\n"
+        f"prompt into 3D need one. {asked}Running instead the known-answer job: the real\n"
+        f"pipeline of configs/{MAIN_CONFIG} (our IF guidance, annealing, Gaussians, density\n"
+        "control) with the lab's exact image prior in place of DeepFloyd IF, its stage 1\n"
+        f"compressed to {steps} steps, rebuilding a known object ({obj}); the result is scored\n"
+        "against it. --object head|house|duck picks the object, --steps the length, --smoke\n"
+        "runs the tiny-model smoke run instead.\n" + "=" * 78 + "\n"
+    )
+
+
+def run_known_answer(obj: str, steps: int, prompt: Optional[str], missing: str, overrides: Sequence[str],
+                     root: Path) -> int:
+    """The CPU main job (``lab.known_answer``); prints where its outputs are and its scores."""
+    from .lab.known_answer import KnownAnswerError, check_inputs
+    from .lab.known_answer import run_known_answer as known_answer
+
+    try:
+        check_inputs(obj, steps)
+    except KnownAnswerError as error:
+        raise RunError(str(error)) from error
+    print(known_answer_banner(missing, prompt, obj, steps), flush=True)
+    try:
+        run = known_answer(obj, steps, root, overrides=overrides)
+    except RuntimeError as error:
+        raise RunError(str(error)) from error
+    print(f"\nTrial directory: {run.trial_dir}")
+    for label, path in run.outputs.items():
+        print(f"  {label:24s} {path if path is not None else 'MISSING'}")
+    scores = run.scores
+    print(f"\nScores of the {obj} against the ground truth (72 held-out views): PSNR {scores['psnr']:.2f} dB, "
+          f"SSIM {scores['ssim']:.3f}, silhouette IoU {scores['iou']:.3f}, multi-face {scores['multi_face']:.3f} "
+          f"(0 = true back, 1 = the front copied onto the back); {scores['num_gaussians']} Gaussians.")
+    return 0 if all(path is not None for path in run.outputs.values()) else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m threestudio_stabledreamer.run",
-        description="Run StableDreamer: on a GPU inside a threestudio checkout, else a CPU smoke run.",
+        description="Run StableDreamer: on a GPU inside a threestudio checkout, else the known-answer run "
+        "on a CPU (or, with --smoke, the tiny-model smoke run).",
     )
-    parser.add_argument("--prompt", required=True, help="text prompt of the object to generate")
+    parser.add_argument("--prompt", default=None,
+                        help="text prompt of the object to generate (required on a GPU and with --smoke)")
     parser.add_argument("--threestudio", type=Path, default=os.environ.get("THREESTUDIO_ROOT") or None,
                         help="threestudio checkout (default: $THREESTUDIO_ROOT)")
     parser.add_argument("--gpu", default="0", help="GPU index(es) for threestudio's launch.py")
@@ -172,6 +223,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="working directory of the CPU smoke run (default: ./stabledreamer-smoke)")
     parser.add_argument("--outputs", type=Path, default=None,
                         help="exp_root_dir of the run (default: <threestudio>/outputs or <workdir>/outputs)")
+    parser.add_argument("--object", default=None,
+                        help="without a GPU: the known object to rebuild, head, house or duck (default head)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="without a GPU: training steps of the known-answer run (default 500)")
+    parser.add_argument("--known-answer-dir", type=Path, default=Path("stabledreamer-known-answer"),
+                        help="without a GPU: where the known-answer runs go (default ./stabledreamer-known-answer)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the CPU smoke configuration on tiny random models instead (not a real result)")
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
     if unknown:
@@ -182,14 +241,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     has_gpu = torch.cuda.is_available()
     try:
         root = threestudio_checkout(args.threestudio)
-        if root is not None and has_gpu:
+        on_gpu = root is not None and has_gpu and not args.smoke
+        known_answer_options = [f"--{name}" for name in ("object", "steps") if getattr(args, name) is not None]
+        if known_answer_options and (on_gpu or args.smoke):
+            raise RunError(
+                f"{' and '.join(known_answer_options)} only apply to the known-answer run on a CPU, not to "
+                + ("--smoke" if args.smoke else "the GPU run, whose prompt and config say what to build and for how long")
+            )
+        if not on_gpu and not args.smoke:
+            return run_known_answer(args.object or "head", 500 if args.steps is None else args.steps, args.prompt,
+                                    missing_for_gpu(root, has_gpu), overrides, args.known_answer_dir)
+        if on_gpu:
             set_up_threestudio(root)
             exp_root = (args.outputs or root / "outputs").resolve()
             trial = run_in_threestudio(root, args.gpu, args.prompt, overrides, exp_root)
         else:
-            missing = " and ".join(what for what, ok in (
-                ("no threestudio checkout (--threestudio or $THREESTUDIO_ROOT)", root is not None),
-                ("no CUDA GPU", has_gpu)) if not ok)
+            missing = missing_for_gpu(root, has_gpu) or "--smoke was given"
             print(
                 "\n" + "=" * 78 + "\n" + missing[0].upper() + missing[1:] + ".\n"
                 f"Running the CPU smoke configuration configs/{SMOKE_CONFIG} on tiny, randomly\n"

@@ -1,5 +1,8 @@
 """``results.html``: the comparison as one self-contained page.
 
+The page helpers (``png_data_uri``, ``link``, ``table_row``, ``video_element``,
+``write_page``) also write the known-answer lab's page (``lab.report``).
+
 The page holds the per-method and per-run tables, three plots drawn with matplotlib and
 embedded as PNG data (CLIP score against wall time per method; CLIP similarity to the
 prompt per test-view azimuth; view agreement per azimuth), and the side-by-side videos.
@@ -33,7 +36,7 @@ p.note { max-width: 60em; }
 """
 
 
-def _png_data_uri(figure) -> str:
+def png_data_uri(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -84,7 +87,7 @@ def plot_figures(results: Sequence[RunResult], methods: Sequence[str]) -> dict[s
     axes.set_ylabel("CLIP score (cosine)")
     axes.set_title("CLIP score against wall time (small: runs, large: method mean)")
     axes.legend(fontsize="small")
-    figures["CLIP score against wall time"] = _png_data_uri(figure)
+    figures["CLIP score against wall time"] = png_data_uri(figure)
     plt.close(figure)
 
     panels = (
@@ -104,17 +107,45 @@ def plot_figures(results: Sequence[RunResult], methods: Sequence[str]) -> dict[s
         axes.set_ylabel(ylabel)
         axes.set_title(title)
         axes.legend(fontsize="small")
-        figures[title] = _png_data_uri(figure)
+        figures[title] = png_data_uri(figure)
         plt.close(figure)
     return figures
 
 
-def _link(target: str | Path, page_dir: Path, text: str) -> str:
-    href = Path(os.path.relpath(Path(target), page_dir)).as_posix()
-    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
+def relative(target: str | Path, page_dir: Path) -> str:
+    """``target`` relative to the page's folder, so the folder can be moved or served as it is."""
+    return Path(os.path.relpath(Path(target), page_dir)).as_posix()
 
 
-def _row(cells: Sequence[str], text_columns: int = 1) -> str:
+def link(target: str | Path, page_dir: Path, text: str) -> str:
+    return f'<a href="{html.escape(relative(target, page_dir))}">{html.escape(text)}</a>'
+
+
+def video_element(video: str | Path, page_dir: Path) -> str:
+    return f'<video controls loop muted preload="metadata" src="{html.escape(relative(video, page_dir))}"></video>'
+
+
+def image_figure(src: str, caption: str) -> str:
+    """A captioned image; ``src`` is a data URI or a relative path."""
+    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def write_page(path: Path, title: str, body: Sequence[str]) -> Path:
+    """Write a page with the report's style around the ``body`` HTML fragments."""
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        *body,
+        "</body></html>",
+    ]
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def table_row(cells: Sequence[str], text_columns: int = 1) -> str:
     tds = [
         f'<td class="text">{cell}</td>' if index < text_columns else f"<td>{cell}</td>"
         for index, cell in enumerate(cells)
@@ -134,10 +165,6 @@ def write_results_html(
     methods = [s.method for s in summaries]
     esc = html.escape
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>Text-to-3D comparison</title>',
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>Text-to-3D comparison</h1>",
         '<p class="note">Means over each method\'s finished prompts. Wall time: the whole '
         "launcher run. Peak memory: <code>cuda</code> = torch.cuda.max_memory_allocated, "
         "<code>cpu-rss</code> = peak resident set size. CLIP model "
@@ -154,7 +181,7 @@ def write_results_html(
     ]
     for s in summaries:
         parts.append(
-            _row(
+            table_row(
                 [
                     esc(s.method), f"{s.finished_runs}/{s.total_prompts}", f"{s.mean_wall_time_s:.1f}",
                     f"{s.mean_peak_memory_mib:.0f}", esc(s.memory_kind), f"{s.mean_clip_score:.4f}",
@@ -165,7 +192,7 @@ def write_results_html(
         )
     parts.append("</table><h2>Plots</h2>")
     for title, uri in plot_figures(results, methods).items():
-        parts.append(f'<figure><img src="{uri}" alt="{esc(title)}"><figcaption>{esc(title)}</figcaption></figure>')
+        parts.append(image_figure(uri, title))
 
     parts.append(
         "<h2>Runs</h2><table><tr><th>method</th><th>prompt</th><th>wall time (s)</th>"
@@ -174,12 +201,12 @@ def write_results_html(
     for r in sorted(results, key=lambda r: (r.record.prompt_index, methods.index(r.record.method))):
         log = page_dir / "logs" / r.record.method / f"{prompt_slug(r.record.prompt)}.log"
         parts.append(
-            _row(
+            table_row(
                 [
                     esc(r.record.method), esc(r.record.prompt), f"{r.record.wall_time_s:.1f}",
                     f"{r.clip.clip_score:.4f}", f"{r.views.agreement:.3f}",
                     format_optional(r.views.back_as_front, 3),
-                    _link(r.record.trial_dir, page_dir, "folder"), _link(log, page_dir, "log"),
+                    link(r.record.trial_dir, page_dir, "folder"), link(log, page_dir, "log"),
                 ],
                 text_columns=2,
             )
@@ -189,11 +216,5 @@ def write_results_html(
         video = videos.get(prompt)
         if video is None:
             continue
-        src = Path(os.path.relpath(video, page_dir)).as_posix()
-        parts.append(
-            f"<h3>{esc(prompt)}</h3>"
-            f'<video controls loop muted preload="metadata" src="{esc(src)}"></video>'
-        )
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return path
+        parts.append(f"<h3>{esc(prompt)}</h3>" + video_element(video, page_dir))
+    return write_page(path, "Text-to-3D comparison", parts)

@@ -13,12 +13,17 @@ default the threestudio stand-in shipped with the tests, run in the repository r
 Words after ``--`` are launcher overrides for every run, applied last (over a variant's own).
 
 Outputs in ``--out``: ``runs/`` (trial directories), ``logs/``, ``records/`` (the
-runner's), ``runs.csv``, ``results.csv``, ``results.md`` and the plots (``report``).
+runner's), ``runs.csv``, ``results.csv``, ``results.md``, the plots and ``results.html``
+(``report``), and in each trial directory ``truth-vs-result.png``.
+``--figures DIR`` instead makes the README's pictures (``figures``).
+
+``run_lab`` is the same as a function, for the figures and the CPU main job.
 """
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "stabledreamer.yaml"
@@ -40,11 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objects", nargs="+", default=sorted(OBJECTS), choices=sorted(OBJECTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds of the multi-seed suites (multiface, schedules); the others use the first")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1000)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per run (default 1000; 500 with --figures)")
     parser.add_argument("--eval-every", type=int, default=100, help="checkpoint (and curve point) interval")
     parser.add_argument("--eval-resolution", type=int, default=64, help="side of the held-out views (pixels)")
+    parser.add_argument("--test-views", type=int, default=4,
+                        help="views of each run's test turntable (default 4; the config's is 120)")
+    parser.add_argument("--test-resolution", type=int, default=64,
+                        help="side of the turntable and validation views in pixels (default 64)")
+    parser.add_argument("--mesh", action="store_true", help="also export the config's meshes (OBJ, GLB)")
+    parser.add_argument("--figures", type=Path, metavar="DIR",
+                        help="make the README's pictures in DIR (objects.png, multiface.png, reconstruction.png) "
+                        "from the runs they need in --out (default outputs/lab/figures), at --steps (default "
+                        "500 here); --suite and --objects are ignored")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config the lab swaps into")
-    parser.add_argument("--out", type=Path, default=Path("outputs/lab"), help="output directory")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default outputs/lab; outputs/lab/figures with --figures)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--threestudio-root", type=Path, help="threestudio checkout: link the extension, run its launch.py")
     where.add_argument("--launcher", type=Path, help="any launch.py with threestudio's command line")
@@ -56,29 +72,145 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _launcher(args) -> tuple:
-    if args.threestudio_root is not None:
+def launcher_of(threestudio_root: Optional[Path] = None, launcher: Optional[Path] = None,
+                launcher_cwd: Optional[Path] = None) -> Tuple[Path, Path]:
+    """(launch.py, its working directory): threestudio's (the extension linked in first),
+    any launcher, or the stand-in in the repository root."""
+    if threestudio_root is not None:
         from ..link import LinkError, link_into
 
-        root = args.threestudio_root.expanduser().resolve()
+        root = threestudio_root.expanduser().resolve()
         try:
             for line in link_into(root):
                 print(line)
         except LinkError as error:
             raise SystemExit(f"error: --threestudio-root: {error}")
         return root / "launch.py", root
-    if args.launcher is not None:
-        launcher = args.launcher.expanduser().resolve()
-        return launcher, (args.launcher_cwd or launcher.parent).expanduser().resolve()
+    if launcher is not None:
+        launcher = launcher.expanduser().resolve()
+        return launcher, (launcher_cwd or launcher.parent).expanduser().resolve()
     if not STANDIN_LAUNCHER.is_file():
         raise SystemExit(f"error: the threestudio stand-in ({STANDIN_LAUNCHER}) is missing; give "
                          "--threestudio-root or --launcher")
     return STANDIN_LAUNCHER, REPO_ROOT
 
 
+
+
+@dataclass
+class LabSettings:
+    """What ``run_lab`` runs: every variant of ``suites`` on every object (and seed, for the
+    multi-seed suites), ``steps`` long, on ``launcher`` in ``launcher_cwd``."""
+
+    suites: Sequence[str]
+    objects: Sequence[str]
+    out: Path
+    steps: int = 1000
+    seeds: Sequence[int] = (0,)
+    eval_every: int = 100
+    eval_resolution: int = 64
+    test_views: int = 4
+    test_resolution: int = 64
+    mesh: bool = False
+    config: Path = DEFAULT_CONFIG
+    launcher: Path = STANDIN_LAUNCHER
+    launcher_cwd: Path = REPO_ROOT
+    gpus: str = "cpu"
+    progress_interval: float = 30.0
+    overrides: Sequence[str] = field(default_factory=tuple)
+    variant_objects: Dict[str, Sequence[str]] = field(default_factory=dict)
+    """Objects of the named variants, in place of ``objects``."""
+
+
+@dataclass
+class LabOutcome:
+    results: list  # report.LabResult, one per finished run
+    failures: list  # (benchmark.runs.Run, note)
+    out: Path
+
+
+def run_lab(settings: LabSettings) -> LabOutcome:
+    """Run (or reuse) the runs, score them, write the tables, plots, pictures and page."""
+    from ..benchmark.cli import device_slots
+    from ..benchmark.executor import LaunchSettings, execute_all
+    from ..benchmark.progress import ProgressBoard
+    from ..benchmark.runs import Method, Run
+    from .evaluate import final_ply, read_ply_params, score_trial
+    from .objects import make_object
+    from .pictures import truth_vs_result
+    from .report import TRUTH_VS_RESULT, LabResult, plot, write_results, write_results_html, write_runs_csv
+    from .scores import EvalCameras, GroundTruthViews
+    from .suites import SUITES, compressed_stage1_overrides, lab_overrides, variants_of
+
+    variants = variants_of(settings.suites)
+    multi_seed = {name for suite in ("multiface", "schedules") if suite in settings.suites for name in SUITES[suite]}
+    out = Path(settings.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = Path(settings.config).expanduser().resolve()
+    try:
+        compression, factor = compressed_stage1_overrides(config, settings.steps)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+
+    labels, runs = {}, []
+    for variant in variants:
+        for seed in settings.seeds if variant.name in multi_seed else settings.seeds[:1]:
+            # the user's overrides come last, so they win over the variant's own
+            method = Method(f"{variant.name}-s{seed}", config,
+                            (*variant.overrides, f"seed={seed}", *settings.overrides))
+            labels[method.name] = (variant.name, seed)
+            for index, obj in enumerate(settings.variant_objects.get(variant.name, settings.objects)):
+                runs.append(Run(method=method, prompt=obj, prompt_index=index))
+    print(f"lab: {len(runs)} runs ({len(variants)} variants, objects {list(settings.objects)}, {settings.steps} "
+          f"steps each) via {settings.launcher}; output {out}", flush=True)
+    print(f"lab: stage 1 of {config.name} compressed by {factor:g}: {' '.join(compression)}", flush=True)
+
+    board = ProgressBoard(total=len(runs), interval=settings.progress_interval)
+    extra = lab_overrides(settings.steps, settings.eval_every, settings.test_views, settings.test_resolution,
+                          settings.mesh)
+    launch = LaunchSettings(launcher=Path(settings.launcher), launcher_cwd=Path(settings.launcher_cwd), out=out,
+                            extra_overrides=(*extra, *compression))
+    records, failures = execute_all(runs, launch, device_slots(settings.gpus), board)
+
+    cameras = EvalCameras(resolution=settings.eval_resolution)
+    _, _, elevation, azimuth = cameras.cameras()
+    ground_truth = {}
+    results = []
+    for number, record in enumerate(sorted(records, key=lambda r: (r.method, r.prompt)), start=1):
+        if record.prompt not in ground_truth:
+            ground_truth[record.prompt] = GroundTruthViews.of(make_object(record.prompt), cameras)
+        trial = Path(record.trial_dir)
+        scores = score_trial(trial, ground_truth[record.prompt], cameras)
+        variant, seed = labels[record.method]
+        truth_vs_result(trial / TRUTH_VS_RESULT, make_object(record.prompt), read_ply_params(final_ply(trial)[1]),
+                        f"{variant}\n{scores['psnr']:.1f} dB", settings.test_resolution)
+        results.append(LabResult(variant, record.prompt, seed, scores, record.wall_time_s,
+                                 azimuth.tolist(), elevation.tolist(), str(trial)))
+        print(f"scored {number}/{len(records)}: {record.method} {record.prompt}: PSNR {scores['psnr']:.2f} dB, "
+              f"SSIM {scores['ssim']:.3f}, IoU {scores['iou']:.3f}, multi-face {scores['multi_face']:.3f}",
+              flush=True)
+    if results:
+        descriptions = {v.name: v.description for v in variants}
+        write_runs_csv(out / "runs.csv", results)
+        write_results(out, results, descriptions, settings.objects)
+        plots = plot(out, results, [v.name for v in variants])
+        page = write_results_html(out, results, descriptions, plots)
+        print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'runs.csv'}, "
+              + ", ".join(str(p) for p in plots) + f", {page}", flush=True)
+        print((out / "results.md").read_text(encoding="utf-8"))
+    for run, note in failures:
+        print(f"FAILED: {run.label}: {note}", file=sys.stderr)
+    return LabOutcome(results, failures, out)
+
+
 def main(argv: List[str] = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("steps", "eval_every", "eval_resolution"):
+    figures = args.figures is not None
+    if args.steps is None:
+        args.steps = 500 if figures else 1000
+    if args.out is None:
+        args.out = Path("outputs/lab/figures" if figures else "outputs/lab")
+    for name in ("steps", "eval_every", "eval_resolution", "test_views", "test_resolution"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     bad = [o for o in args.overrides if "=" not in o or o.startswith("=")]
@@ -86,68 +218,18 @@ def main(argv: List[str] = None) -> int:
         raise SystemExit(f"error: overrides {bad} are not KEY=VALUE")
     if not args.config.is_file():
         raise SystemExit(f"error: --config: '{args.config}' does not exist")
-    launcher, launcher_cwd = _launcher(args)
+    launcher, launcher_cwd = launcher_of(args.threestudio_root, args.launcher, args.launcher_cwd)
     if not launcher.is_file() or not launcher_cwd.is_dir():
         raise SystemExit(f"error: launcher '{launcher}' or its working directory '{launcher_cwd}' does not exist")
+    settings = LabSettings(
+        suites=args.suite, objects=args.objects, out=args.out, steps=args.steps, seeds=args.seeds,
+        eval_every=args.eval_every, eval_resolution=args.eval_resolution, test_views=args.test_views,
+        test_resolution=args.test_resolution, mesh=args.mesh, config=args.config, launcher=launcher,
+        launcher_cwd=launcher_cwd, gpus=args.gpus, progress_interval=args.progress_interval,
+        overrides=tuple(args.overrides),
+    )
+    if figures:
+        from .figures import make_figures
 
-    from ..benchmark.cli import device_slots
-    from ..benchmark.executor import LaunchSettings, execute_all
-    from ..benchmark.progress import ProgressBoard
-    from ..benchmark.runs import Method, Run
-    from .evaluate import score_trial
-    from .objects import make_object
-    from .report import LabResult, plot, write_results, write_runs_csv
-    from .scores import EvalCameras, GroundTruthViews
-    from .suites import SUITES, compressed_stage1_overrides, lab_overrides, variants_of
-
-    variants = variants_of(args.suite)
-    multi_seed = {name for suite in ("multiface", "schedules") if suite in args.suite for name in SUITES[suite]}
-    out = args.out.expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    config = args.config.expanduser().resolve()
-    try:
-        compression, factor = compressed_stage1_overrides(config, args.steps)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}")
-
-    labels, runs = {}, []
-    for variant in variants:
-        for seed in args.seeds if variant.name in multi_seed else args.seeds[:1]:
-            # the user's overrides come last, so they win over the variant's own
-            method = Method(f"{variant.name}-s{seed}", config, (*variant.overrides, f"seed={seed}", *args.overrides))
-            labels[method.name] = (variant.name, seed)
-            for index, obj in enumerate(args.objects):
-                runs.append(Run(method=method, prompt=obj, prompt_index=index))
-    print(f"lab: {len(runs)} runs ({len(variants)} variants, objects {args.objects}, {args.steps} steps each) "
-          f"via {launcher}; output {out}", flush=True)
-    print(f"lab: stage 1 of {config.name} compressed by {factor:g}: {' '.join(compression)}", flush=True)
-
-    board = ProgressBoard(total=len(runs), interval=args.progress_interval)
-    settings = LaunchSettings(launcher=launcher, launcher_cwd=launcher_cwd, out=out,
-                              extra_overrides=(*lab_overrides(args.steps, args.eval_every), *compression))
-    records, failures = execute_all(runs, settings, device_slots(args.gpus), board)
-
-    cameras = EvalCameras(resolution=args.eval_resolution)
-    _, _, elevation, azimuth = cameras.cameras()
-    ground_truth = {}
-    results = []
-    for number, record in enumerate(sorted(records, key=lambda r: (r.method, r.prompt)), start=1):
-        if record.prompt not in ground_truth:
-            ground_truth[record.prompt] = GroundTruthViews.of(make_object(record.prompt), cameras)
-        scores = score_trial(Path(record.trial_dir), ground_truth[record.prompt], cameras)
-        variant, seed = labels[record.method]
-        results.append(LabResult(variant, record.prompt, seed, scores, record.wall_time_s,
-                                 azimuth.tolist(), elevation.tolist()))
-        print(f"scored {number}/{len(records)}: {record.method} {record.prompt}: PSNR {scores['psnr']:.2f} dB, "
-              f"SSIM {scores['ssim']:.3f}, IoU {scores['iou']:.3f}, multi-face {scores['multi_face']:.3f}",
-              flush=True)
-    if results:
-        write_runs_csv(out / "runs.csv", results)
-        write_results(out, results, {v.name: v.description for v in variants}, args.objects)
-        plots = plot(out, results, [v.name for v in variants])
-        print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'runs.csv'}, "
-              + ", ".join(str(p) for p in plots), flush=True)
-        print((out / "results.md").read_text(encoding="utf-8"))
-    for run, note in failures:
-        print(f"FAILED: {run.label}: {note}", file=sys.stderr)
-    return 1 if failures else 0
+        return make_figures(args.figures, settings)
+    return 1 if run_lab(settings).failures else 0

@@ -1,8 +1,10 @@
 """The lab's outputs: ``runs.csv`` (one row per run), ``results.csv`` and ``results.md`` (per
-variant: mean and sample standard deviation over seeds and objects, and per object), and
+variant: mean and sample standard deviation over seeds and objects, and per object),
 plots: ``score_vs_step.png`` (PSNR and multi-face score against the training step, mean
 over a variant's runs) and ``per_view_psnr.png`` (PSNR against azimuth around the object
-at the middle held-out elevation, mean over a variant's runs).
+at the middle held-out elevation, mean over a variant's runs), and ``results.html``: the
+tables, plots, each run's ground-truth-versus-result picture and turntable video, written
+with the comparison's page code (``benchmark.html_report``).
 """
 import csv
 import statistics
@@ -11,6 +13,9 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from .scores import SCORE_NAMES
+
+TRUTH_VS_RESULT = "truth-vs-result.png"
+"""Each trial directory's picture of the ground truth above the result (``pictures.truth_vs_result``)."""
 
 
 @dataclass
@@ -22,6 +27,7 @@ class LabResult:
     wall_time_s: float
     azimuths: List[float] = field(default_factory=list)
     elevations: List[float] = field(default_factory=list)
+    trial_dir: str = ""
 
 
 def spread(values: Sequence[float]) -> str:
@@ -135,3 +141,52 @@ def plot(out: Path, results: Sequence[LabResult], variants: Sequence[str]) -> Li
     figure.savefig(view_path, dpi=110)
     plt.close(figure)
     return [curve_path, view_path]
+
+
+def turntable_video(trial_dir: Path):
+    """The trial's ``save/it<step>-test.mp4`` of the largest step, or None."""
+    videos = [(int(p.name[2:-len("-test.mp4")]), p) for p in (Path(trial_dir) / "save").glob("it*-test.mp4")
+              if p.name[2:-len("-test.mp4")].isdigit()]
+    return max(videos)[1] if videos else None
+
+
+def write_results_html(out: Path, results: Sequence[LabResult], variants: Dict[str, str],
+                       plots: Sequence[Path]) -> Path:
+    """``results.html``: tables, plots and, per run, the picture and the turntable, all
+    linked relative to ``out``."""
+    import html
+
+    from ..benchmark.html_report import image_figure, link, relative, table_row, video_element, write_page
+    from ..benchmark.runs import prompt_slug
+
+    esc = html.escape
+    parts = [
+        '<p class="note">Known-answer lab: score distillation against an exact denoiser over renders of '
+        "a known object. Scores of the exported PLY at held-out cameras against the ground truth: PSNR "
+        "(dB, pooled over views), SSIM, silhouette IoU, multi-face score (0 = true back, 1 = the front "
+        "copied onto the back).</p>",
+        "<h2>Variants</h2><table><tr><th>variant</th><th>what</th></tr>",
+        *(table_row([esc(name), esc(text)], text_columns=2) for name, text in variants.items()),
+        "</table><h2>Runs</h2><table><tr><th>variant</th><th>object</th><th>seed</th><th>PSNR (dB)</th>"
+        "<th>SSIM</th><th>IoU</th><th>multi-face</th><th>Gaussians</th><th>wall time (s)</th><th>run</th>"
+        "<th>log</th></tr>",
+    ]
+    for r in results:
+        log = out / "logs" / f"{r.variant}-s{r.seed}" / f"{prompt_slug(r.object)}.log"
+        parts.append(table_row([
+            esc(r.variant), esc(r.object), str(r.seed), f"{r.scores['psnr']:.2f}", f"{r.scores['ssim']:.3f}",
+            f"{r.scores['iou']:.3f}", f"{r.scores['multi_face']:.3f}", str(r.scores["num_gaussians"]),
+            f"{r.wall_time_s:.0f}", link(r.trial_dir, out, "folder"), link(log, out, "log"),
+        ], text_columns=2))
+    parts.append("</table><h2>Plots</h2>")
+    parts += [image_figure(relative(p, out), p.stem.replace("_", " ")) for p in plots]
+    parts.append("<h2>Results and turntables</h2>")
+    for r in results:
+        trial = Path(r.trial_dir)
+        parts.append(f"<h3>{esc(r.variant)}, {esc(r.object)}, seed {r.seed}: {r.scores['psnr']:.1f} dB</h3>")
+        if (trial / TRUTH_VS_RESULT).is_file():
+            parts.append(image_figure(relative(trial / TRUTH_VS_RESULT, out), "ground truth (top) and result"))
+        video = turntable_video(trial)
+        if video is not None:
+            parts.append(video_element(video, out))
+    return write_page(out / "results.html", "Known-answer lab", parts)

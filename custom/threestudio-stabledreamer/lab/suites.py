@@ -59,6 +59,7 @@ VARIANTS: Dict[str, Variant] = {
 
 SUITES: Dict[str, Tuple[str, ...]] = {
     "oracle": ("oracle",),
+    "config": ("stage1",),
     "goals": ("oracle", "stage1"),
     "multiface": ("biased-none", "biased-sqrt"),
     "schedules": ("biased-none", "biased-sqrt", "biased-linear", "biased-cosine"),
@@ -67,9 +68,13 @@ SUITES: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def lab_overrides(max_steps: int, eval_every: int) -> List[str]:
-    """Launcher overrides that turn ``configs/stabledreamer.yaml`` into a lab run (stage 1 only)."""
-    return [
+def lab_overrides(max_steps: int, eval_every: int, test_views: int = 4, test_resolution: int = 64,
+                  mesh: bool = False) -> List[str]:
+    """Launcher overrides that turn ``configs/stabledreamer.yaml`` into a lab run (stage 1 only).
+
+    ``test_views`` and ``test_resolution`` size the test turntable (and the validation
+    views); ``mesh`` keeps the config's mesh export, which the scores do not need."""
+    overrides = [
         "system.prompt_processor_type=stabledreamer-lab-prompt-processor",
         "system.guidance_type=stabledreamer-lab-guidance",
         "system.guidance.object=${system.prompt_processor.prompt}",
@@ -84,15 +89,15 @@ def lab_overrides(max_steps: int, eval_every: int) -> List[str]:
         "data.height=64",
         "data.batch_size=4",
         "data.resolution_milestones=[]",
-        "data.eval_width=64",
-        "data.eval_height=64",
-        "data.n_test_views=4",
-        "system.exporter.mesh_formats=[]",
+        f"data.eval_width={test_resolution}",
+        f"data.eval_height={test_resolution}",
+        f"data.n_test_views={test_views}",
         f"system.vis_interval={max(max_steps // 4, 1)}",
         f"trainer.max_steps={max_steps}",
         f"trainer.val_check_interval={max_steps}",
         f"checkpoint.every_n_train_steps={eval_every}",
     ]
+    return overrides if mesh else overrides + ["system.exporter.mesh_formats=[]"]
 
 
 def variants_of(suites: Sequence[str]) -> List[Variant]:
