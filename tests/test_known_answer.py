@@ -36,6 +36,19 @@ def test_bad_known_answer_input_is_named_with_what_was_expected(argv, expected, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_known_answer_options_are_refused_where_they_would_be_ignored(tmp_path, monkeypatch, capsys):
+    assert run.main(["--smoke", "--prompt", "a hamburger", "--object", "duck"]) == 1
+    assert "--object only apply to the known-answer run on a CPU, not to --smoke" in capsys.readouterr().err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run, "threestudio_checkout", lambda value: tmp_path)
+    monkeypatch.setattr(run, "set_up_threestudio", lambda root: pytest.fail("set up despite a refused option"))
+    assert run.main(["--prompt", "a hamburger", "--threestudio", str(tmp_path), "--object", "duck",
+                     "--steps", "50"]) == 1
+    assert "--object and --steps only apply to the known-answer run on a CPU, not to the GPU run" in (
+        capsys.readouterr().err)
+
+
 def test_smoke_run_needs_a_prompt(no_gpu, capsys):
     assert run.main(["--smoke"]) == 1
     assert "--prompt is empty or missing" in capsys.readouterr().err

@@ -248,7 +248,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"{' and '.join(known_answer_options)} only apply to the known-answer run on a CPU, not to "
                 + ("--smoke" if args.smoke else "the GPU run, whose prompt and config say what to build and for how long")
             )
-        if not on_gpu and not args.smoke:
+        if on_gpu or args.smoke:
+            prompt_override(args.prompt)
+        else:
             return run_known_answer(args.object or "head", 500 if args.steps is None else args.steps, args.prompt,
                                     missing_for_gpu(root, has_gpu), overrides, args.known_answer_dir)
         if on_gpu:
