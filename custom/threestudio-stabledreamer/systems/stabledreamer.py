@@ -307,7 +307,9 @@ class StableDreamerSystem(BaseLift3DSystem):
             if name.startswith("loss_"):
                 loss = loss + value * self._loss_weight(name[len("loss_"):], stage)
             if _is_scalar(value):
-                self.log(f"train/{name}", float(value.detach() if torch.is_tensor(value) else value))
+                # Tensors are logged as tensors: Lightning reads them when it writes the logs,
+                # so the step does not wait for the device.
+                self.log(f"train/{name}", value.detach().float() if torch.is_tensor(value) else float(value))
         for name in REGULARIZERS:
             weight = self._loss_weight(name, stage, required=False)
             if weight > 0:
