@@ -238,8 +238,9 @@ def build_full_size_models(
     "stable-diffusion": dir}``.
 
     Layouts as ``tiny_models``: ``deepfloyd-if`` holds ``unet/`` as the ``fp16`` variant
-    (the file the IF guidance requests) and ``text_encoder/`` as the ``8bit`` variant (the
-    file threestudio's DeepFloyd prompt processor requests), both stored in ``dtype``;
+    (the files the IF guidances request) and ``text_encoder/`` as the default files and
+    the ``8bit`` variant (the files threestudio's DeepFloyd prompt processor requests), all
+    stored in ``dtype``;
     ``stable-diffusion`` holds ``unet/``, ``vae/`` and ``text_encoder/`` as the default
     files in ``dtype``. ``configs`` replaces ``CONFIGS`` entries (scaled-down models for
     tests). A marker file marks a complete build; the build happens in a sibling
@@ -276,16 +277,18 @@ def _marker(root: Path) -> Optional[dict]:
         return None
 
 
-def _save_and_free(name: str, dtype: torch.dtype, config: dict, directory: Path, **save_kwargs) -> None:
+def _save_and_free(name: str, dtype: torch.dtype, config: dict, directory: Path, variants=(None,)) -> None:
+    """Build ``name``, save it as each of ``variants`` (None: the default files), free it."""
     model = build_in_half_precision(name, dtype, config)
-    model.save_pretrained(directory, safe_serialization=True, max_shard_size=SHARD_SIZE, **save_kwargs)
+    for variant in variants:
+        model.save_pretrained(directory, safe_serialization=True, max_shard_size=SHARD_SIZE, variant=variant)
     del model
     gc.collect()
 
 
 def _save_deepfloyd_if(out: Path, dtype: torch.dtype, configs: Dict[str, dict]) -> None:
-    _save_and_free("if_unet", dtype, configs["if_unet"], out / "unet", variant="fp16")
-    _save_and_free("t5_encoder", dtype, configs["t5_encoder"], out / "text_encoder", variant="8bit")
+    _save_and_free("if_unet", dtype, configs["if_unet"], out / "unet", variants=("fp16",))
+    _save_and_free("t5_encoder", dtype, configs["t5_encoder"], out / "text_encoder", variants=(None, "8bit"))
     tiny_models.if_stage1_scheduler().save_pretrained(out / "scheduler")
     tiny_models._write_t5_tokenizer(out / "tokenizer")
     _write_model_index(out, "IFPipeline", {
