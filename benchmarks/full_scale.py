@@ -406,6 +406,10 @@ class PipelineProbe:
 
 
 def _threestudio_on_path() -> None:
+    """threestudio importable before the extension is imported (which registers its classes
+    only then): ``THREESTUDIO_ROOT`` with the tests' CPU shims, or the stand-in."""
+    if "threestudio" in sys.modules:
+        return
     root = os.environ.get("THREESTUDIO_ROOT")
     if root:
         sys.path.insert(0, str(REPO / "tests"))
@@ -592,6 +596,7 @@ def main(argv=None) -> int:
         print(f"full_scale: --steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}", file=sys.stderr)
         return 2
     overrides = list(args.overrides)
+    _threestudio_on_path()
     if not args.no_full_size:
         from threestudio_stabledreamer.full_size_models import build_full_size_models
 
