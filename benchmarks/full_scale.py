@@ -65,6 +65,8 @@ DEFAULT_MODELS = REPO / ".cache" / "full-size-models"
 # data sheets (H100 SXM5, A100 SXM4, GeForce RTX 4090), in TFLOP/s.
 PEAK_HALF_PRECISION_TFLOPS = {"H100 SXM": 989.4, "A100 SXM": 312.0, "RTX 4090": 165.2}
 FULL_RUN = {"stage1_steps": 4000, "stage2_steps": 4000, "test_views": 120}
+# Steps at the start of stage 2 that still run stage 1's batch size and resolution.
+ENTRY_STEPS = 2
 PHASES = ("render", "text_embeddings", "guidance_network", "vae", "density_control", "optimizer")
 
 
@@ -238,8 +240,9 @@ class PipelineProbe:
     """Instruments a ``stabledreamer-system`` (before fitting): per-step time, FLOPs by
     phase, per-stage peak memory, the text embeddings and the stage switch."""
 
-    def __init__(self, system, device: torch.device, warmup: int):
+    def __init__(self, system, device: torch.device, warmup: int, expected_batches: Dict[int, tuple]):
         self.system, self.device, self.warmup = system, device, warmup
+        self.expected_batches = expected_batches
         self.memory = Memory(device)
         self.stages: Dict[str, Dict[str, Any]] = {}
         self.text_embeddings: List[Dict[str, Any]] = []
@@ -271,6 +274,14 @@ class PipelineProbe:
 
         def training_step(batch, batch_idx):
             stage = self._stage(system._active_stage)
+            shape = (batch["c2w"].shape[0], batch["height"], batch["width"])
+            if shape != self.expected_batches[system._active_stage]:
+                # threestudio's data module takes the new stage's batch size and resolution in
+                # on_train_batch_start, after this step's batch was drawn and the next one
+                # prefetched: the stage's first ENTRY_STEPS steps run the previous stage's
+                # batches. Run, not measured.
+                stage["entry_steps"].append(shape)
+                return train_step(batch, batch_idx)
             measured = stage["warmup_done"] >= self.warmup
             count = measured and "flops" not in stage
             self._unet_events = []
@@ -376,7 +387,9 @@ class PipelineProbe:
     # -- figures
 
     def _stage(self, stage: int) -> Dict[str, Any]:
-        return self.stages.setdefault(f"stage{stage}", {"warmup_done": 0, "step_s": [], "guidance_network_s": []})
+        return self.stages.setdefault(
+            f"stage{stage}", {"warmup_done": 0, "step_s": [], "guidance_network_s": [], "entry_steps": []}
+        )
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -442,12 +455,13 @@ def run_pipeline(config: Path, overrides: List[str], device: torch.device, steps
     import threestudio_stabledreamer  # noqa: F401  (registers the extension)
     from threestudio.utils.config import load_config
 
-    # On CUDA the counted step (FLOP counting slows it) is one more, untimed.
+    # On CUDA the counted step (FLOP counting slows it) is one more, untimed; stage 2 has
+    # ENTRY_STEPS more (see PipelineProbe: they run stage 1's batches).
     per_stage = warmup + steps + (1 if device.type == "cuda" else 0)
     overrides = [
         "system.prompt_processor.prompt=a zoomed out DSLR photo of a corgi wearing a top hat",
         f"exp_root_dir={workdir / 'outputs'}",
-        f"trainer.max_steps={2 * per_stage}",
+        f"trainer.max_steps={2 * per_stage + ENTRY_STEPS}",
         f"system.stage2_start_step={per_stage}",
         "system.vis_interval=0",
         "system.export_on_fit_end=false",
@@ -464,7 +478,7 @@ def run_pipeline(config: Path, overrides: List[str], device: torch.device, steps
         data = threestudio.find(cfg.data_type)(cfg.data)
         system = threestudio.find(cfg.system_type)(cfg.system, resumed=False)
         system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
-        probe = PipelineProbe(system, device, warmup)
+        probe = PipelineProbe(system, device, warmup, expected_batches(cfg.data))
         accelerator = ("gpu", [device.index or 0]) if device.type == "cuda" else ("cpu", 1)
         trainer = pl.Trainer(max_steps=cfg.trainer.max_steps, accelerator=accelerator[0], devices=accelerator[1],
                              logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -482,6 +496,17 @@ def run_pipeline(config: Path, overrides: List[str], device: torch.device, steps
     return {"config": str(config), "overrides": overrides, "stages": probe.stages,
             "text_embeddings": text, "switch": probe.switch, "test_render_flops": test_flops,
             "num_gaussians": system.geometry.num_gaussians}
+
+
+def expected_batches(data_cfg) -> Dict[int, tuple]:
+    """{stage: (views, height, width)} of the training batches from the data config, whose
+    values are one number or one per stage (``resolution_milestones`` at the switch)."""
+
+    def at(value, index):
+        return value if isinstance(value, int) else value[min(index, len(value) - 1)]
+
+    return {stage: (at(data_cfg.batch_size, stage - 1), at(data_cfg.height, stage - 1), at(data_cfg.width, stage - 1))
+            for stage in (1, 2)}
 
 
 def _test_render_flops(system, cfg) -> int:
@@ -506,6 +531,7 @@ def summarise(raw: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
             "build_peak_gib": stage.get("build", {}).get("peak_gib"),
             "peak_gib": stage.get("peak_gib"),
             "measured_steps": len(stage["step_s"]),
+            "entry_steps_not_measured": [list(shape) for shape in stage["entry_steps"]],
             "step_s": statistics.median(stage["step_s"]) if stage["step_s"] else None,
             "guidance_network_s": statistics.median(stage["guidance_network_s"]) if stage["guidance_network_s"] else None,
             "flops": stage.get("flops"),

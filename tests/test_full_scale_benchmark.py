@@ -72,6 +72,15 @@ def test_text_encoder_flops_scale_with_the_prompts(tiny_models):
     assert clip > 0
 
 
+def test_expected_batches_per_stage():
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.create({"batch_size": [4, 2], "width": [64, 512], "height": [64, 512]})
+    assert full_scale.expected_batches(data) == {1: (4, 64, 64), 2: (2, 512, 512)}
+    data = OmegaConf.create({"batch_size": 1, "width": 32, "height": 32})
+    assert full_scale.expected_batches(data) == {1: (1, 32, 32), 2: (1, 32, 32)}
+
+
 def test_peak_resident_memory_resets():
     if not full_scale.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs is not writable here (not Linux): VmHWM cannot be reset")
@@ -90,7 +99,7 @@ def _run(tmp_path_factory, tiny_models, *overrides):
         f"system.guidance.pretrained_model_name_or_path={models / 'deepfloyd-if'}",
         f"system.prompt_processor_stage2.pretrained_model_name_or_path={models / 'stable-diffusion'}",
         f"system.guidance_stage2.pretrained_model_name_or_path={models / 'stable-diffusion'}",
-        "data.width=[32,32]", "data.height=[32,32]", *overrides,
+        "data.width=[32,48]", "data.height=[32,48]", *overrides,
     ], torch.device("cpu"), steps=1, warmup=1, workdir=workdir)
     return full_scale.summarise(raw, torch.device("cpu"))
 
@@ -100,8 +109,8 @@ def runs(tmp_path_factory, tiny_models):
     return {
         "base": _run(tmp_path_factory, tiny_models, "data.batch_size=[1,1]"),
         "batch": _run(tmp_path_factory, tiny_models, "data.batch_size=[2,2]"),
-        "resolution": _run(tmp_path_factory, tiny_models, "data.batch_size=[1,1]", "data.width=[64,64]",
-                           "data.height=[64,64]", "data.eval_width=64", "data.eval_height=64",
+        "resolution": _run(tmp_path_factory, tiny_models, "data.batch_size=[1,1]", "data.width=[64,96]",
+                           "data.height=[64,96]", "data.eval_width=64", "data.eval_height=64",
                            "system.guidance.render_resolution=64",
                            "system.guidance_stage2.render_resolution=128"),
     }
@@ -112,6 +121,8 @@ def test_every_stage_is_measured_with_positive_flops(runs):
     assert set(summary["stages"]) == {"stage1", "stage2"}
     for name, stage in summary["stages"].items():
         assert stage["measured_steps"] == 1 and stage["step_s"] > 0 and stage["peak_gib"] > 0, name
+        # stage 2 starts with ENTRY_STEPS batches drawn at stage 1's size (not measured)
+        assert stage["entry_steps_not_measured"] == ([] if name == "stage1" else [[1, 32, 32]] * 2), name
         assert stage["build_s"] > 0, name
         flops = stage["flops"]
         assert set(flops) == {*full_scale.PHASES, "total"}

@@ -26,6 +26,7 @@ full vocabularies; their vocabularies are smaller, which changes no cost).
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import os
 import shutil
@@ -280,8 +281,11 @@ def _marker(root: Path) -> Optional[dict]:
 def _save_and_free(name: str, dtype: torch.dtype, config: dict, directory: Path, variants=(None,)) -> None:
     """Build ``name``, save it as each of ``variants`` (None: the default files), free it."""
     model = build_in_half_precision(name, dtype, config)
+    kwargs = {"safe_serialization": True}
+    if "max_shard_size" in inspect.signature(model.save_pretrained).parameters:
+        kwargs["max_shard_size"] = SHARD_SIZE  # diffusers before 0.26 writes one file
     for variant in variants:
-        model.save_pretrained(directory, safe_serialization=True, max_shard_size=SHARD_SIZE, variant=variant)
+        model.save_pretrained(directory, variant=variant, **kwargs)
     del model
     gc.collect()
 
