@@ -281,7 +281,10 @@ class PipelineProbe:
                 # prefetched: the stage's first ENTRY_STEPS steps run the previous stage's
                 # batches. Run, not measured.
                 stage["entry_steps"].append(shape)
-                return train_step(batch, batch_idx)
+                out = train_step(batch, batch_idx)
+                stage["entry_peak_gib"] = max(stage.get("entry_peak_gib", 0.0), self.memory.peak_gib())
+                self.memory.reset()
+                return out
             measured = stage["warmup_done"] >= self.warmup
             count = measured and "flops" not in stage
             self._unet_events = []
@@ -374,7 +377,7 @@ class PipelineProbe:
                 "prompts": unique_prompts(processor),
                 "seconds": time.perf_counter() - started,
                 "peak_gib": probe.memory.peak_gib(),
-                "spawned_process_peak_rss_gib": children_peak_rss_gib(),
+                "child_process_peak_rss_gib": children_peak_rss_gib(),
             })
             return out
 
@@ -532,6 +535,7 @@ def summarise(raw: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
             "peak_gib": stage.get("peak_gib"),
             "measured_steps": len(stage["step_s"]),
             "entry_steps_not_measured": [list(shape) for shape in stage["entry_steps"]],
+            "entry_steps_peak_gib": stage.get("entry_peak_gib"),
             "step_s": statistics.median(stage["step_s"]) if stage["step_s"] else None,
             "guidance_network_s": statistics.median(stage["guidance_network_s"]) if stage["guidance_network_s"] else None,
             "flops": stage.get("flops"),
@@ -582,7 +586,13 @@ def table(summary: Dict[str, Any]) -> str:
     for record in summary["text_embeddings"]:
         lines.append(f"text embeddings ({record['processor']}, {record['prompts']} prompts, once): "
                      f"{record['seconds']:.1f} s, {record['flops'] / 1e12:.3g} TFLOP, peak {record['peak_gib']:.2f} GiB "
-                     f"(spawned process peak RSS {record['spawned_process_peak_rss_gib']:.2f} GiB)")
+                     f"(largest child process so far, e.g. threestudio's spawned encoder: "
+                     f"{record['child_process_peak_rss_gib']:.2f} GiB)")
+    for name, stage in summary["stages"].items():
+        if stage["entry_steps_not_measured"]:
+            lines.append(f"{name}: its first {len(stage['entry_steps_not_measured'])} steps ran the previous stage's "
+                         f"batch (views, height, width) {stage['entry_steps_not_measured'][0]}, peak "
+                         f"{stage['entry_steps_peak_gib']:.2f} GiB; not in the figures above")
     if summary["switch"]:
         lines.append(f"stage switch: {summary['switch']['seconds']:.1f} s, peak {summary['switch']['peak_gib']:.2f} GiB")
     if summary["projection_lower_bound_s"]:

@@ -123,6 +123,7 @@ def test_every_stage_is_measured_with_positive_flops(runs):
         assert stage["measured_steps"] == 1 and stage["step_s"] > 0 and stage["peak_gib"] > 0, name
         # stage 2 starts with ENTRY_STEPS batches drawn at stage 1's size (not measured)
         assert stage["entry_steps_not_measured"] == ([] if name == "stage1" else [[1, 32, 32]] * 2), name
+        assert (stage["entry_steps_peak_gib"] is None) == (name == "stage1"), name
         assert stage["build_s"] > 0, name
         flops = stage["flops"]
         assert set(flops) == {*full_scale.PHASES, "total"}
