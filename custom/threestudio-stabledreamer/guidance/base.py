@@ -421,8 +421,9 @@ class ScoreDistillationGuidance(BaseObject):
         timestep range), ``timesteps`` [B] and ``num_nonfinite`` (gradient entries that
         were not finite and were set to zero, a device tensor: the system logs it; no
         value is read on the host, so the step never waits for the device).
-        ``guidance_eval`` adds ``eval``: RGB images [B,H,W,3] in [0, 1] ``input``, ``noisy`` and ``x0`` (the pseudo ground truth
-        x0_hat; subclasses may add further estimates) with their ``t`` [B]. ``timesteps``
+        ``guidance_eval`` adds ``eval``: RGB images [B,H,W,3] in [0, 1] ``input``,
+        ``noisy`` and ``x0`` (the pseudo ground truth x0_hat; subclasses may add further
+        estimates) with their ``t`` [B]. ``timesteps``
         [B] and ``noise`` (shaped like the model-space input) replace the random draws, for
         reproducible evaluation. Further keyword arguments (threestudio passes the whole
         camera batch) go to the subclass hooks.
