@@ -2,7 +2,7 @@
 
 Stages, each with its own time limit, each writing its log and the partial summary as it
 ends (``--out``: summary.json, summary.txt, install.log, builds.log, tests.log, smoke.log,
-threestudio.log, backends.log):
+threestudio.log, backends.log, full_scale.log):
 
 0. install: the wheels of ``.gpu-deps/wheels`` (scripts/gather_gpu_deps.sh) whose
    distribution is missing here (or older than its ``min=`` in gpu_deps.txt), into a
@@ -28,6 +28,8 @@ threestudio.log, backends.log):
    ``TOLERANCES``; then forward+backward timed at 64^2/4k, 512^2/100k and 512^2/500k
    Gaussians with peak CUDA memory. Without CUDA: the torch backend against itself
    (the harness) and its 64^2/4k timing.
+5. full scale (CUDA only): benchmarks/full_scale.py with full-size random models (memory,
+   arithmetic and time per stage; its table in full_scale.log).
 
 Exit status: 0 all passed, 1 a stage failed, 2 bad arguments, 3 no CUDA here (the CPU-side
 parts ran and passed or failed as reported).
@@ -49,9 +51,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
-# Seconds per stage; the builds run beside tests and smoke, so the worst case stays near 8 min.
+# Seconds per stage; the builds run beside tests and smoke, so the worst case stays near 8 min
+# before full_scale, which builds 28 GB of full-size models on its first run (about 4 min on
+# one CPU core) and trains a few dozen full-size steps.
 LIMITS_S = {"install": 60, "tests": 150, "smoke": 150, "dgr_build": 240, "gsplat_build": 300,
-            "backends": 120, "threestudio": 240}
+            "backends": 120, "threestudio": 240, "full_scale": 420}
 # Tolerances of a CUDA backend against the torch backend (float32, same scene and cameras):
 # images, alphas and normals (values in [0, 1]) and depths divided by the camera distance:
 # mean |difference| and max |difference|; gradients: relative L2 error ||g - g_torch|| /
@@ -549,6 +553,21 @@ def run_backends(env: dict, work: Path, log: Log) -> dict:
     return {"status": status, "seconds": round(seconds, 1), **report}
 
 
+# ----------------------------------------------------------------------------- 5. full scale
+def run_full_scale(env: dict, work: Path, log: Log) -> dict:
+    """benchmarks/full_scale.py on CUDA: full-size random models (built under --work),
+    warm-up, then the median of 20 steps per stage; its table goes to full_scale.log."""
+    json_path = work / "full_scale.json"
+    json_path.unlink(missing_ok=True)
+    code, seconds = run_logged([sys.executable, str(REPO / "benchmarks" / "full_scale.py"), "--device", "cuda",
+                                "--steps", "20", "--warmup", "3", "--models", str(work / "full-size-models"),
+                                "--workdir", str(work / "full-scale"), "--json", str(json_path)],
+                               log, LIMITS_S["full_scale"], env=env, cwd=REPO)
+    report = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    status = "ok" if code == 0 and report else ("timeout" if code == "timeout" else f"failed (exit {code})")
+    return {"status": status, "seconds": round(seconds, 1), **report}
+
+
 # ----------------------------------------------------------------------------- summary
 def summary_table(summary: dict) -> str:
     lines = [f"GPU check: {summary.get('environment', {}).get('gpu', 'no CUDA GPU')} | "
@@ -670,6 +689,8 @@ def main(argv=None) -> int:
         write_summary(summary, out, started)
 
     stages["backends"] = run_backends(backend_env, work, Log(out / "backends.log"))
+    if cuda:
+        stages["full_scale"] = run_full_scale(backend_env, work, Log(out / "full_scale.log"))
     failed = [name for name, stage in stages.items()
               if stage.get("status") != "ok" and not str(stage.get("status")).startswith("skipped")]
     if not cuda:

@@ -45,10 +45,10 @@ OVERRIDES = [
 ]
 
 
-def build(workdir, tiny_models, *overrides):
+def build(workdir, tiny_models, *overrides, base=tuple(OVERRIDES)):
     """Data module and system as the launcher builds them; the trial lands under ``workdir``."""
     os.environ["STABLEDREAMER_TINY_MODELS"] = str(tiny_models["deepfloyd-if"].parent)
-    overrides = [*OVERRIDES, f"exp_root_dir={workdir / 'outputs'}", *overrides]
+    overrides = [*base, f"exp_root_dir={workdir / 'outputs'}", *overrides]
     cfg = load_config(str(REPO_ROOT / "configs" / "stabledreamer-cpu.yaml"), cli_args=overrides)
     pl.seed_everything(0)
     dm = threestudio.find(cfg.data_type)(cfg.data)
@@ -155,3 +155,57 @@ def test_resume_in_stage2_restores_the_trainable_guidance_and_its_optimizer_stat
     # ckpt at step 4: steps 0-2 in stage 1, step 3 in stage 2 -> one Adam step on offset
     assert seen[4] == (2, pytest.approx(offset_saved), 1, n_saved, True)
     assert seen[5][0] == 2 and seen[5][2] == 2 and seen[5][1] > offset_saved
+
+
+# Stage 1 without optimizer groups (as the IF guidance: nothing of it trains).
+WITHOUT_STAGE1_GROUPS = tuple(o for o in OVERRIDES if not o.startswith("system.optimizer.params.guidance."))
+
+
+def _resume_at_the_switch(workdir, tiny_models, device, base):
+    """Run 3 steps (stage 1) with ``base``, resume from the checkpoint at step 3 =
+    stage2_start_step for 2 steps; return (stages built by the resumed run, what each of
+    its steps saw)."""
+    cfg, dm, system = build(workdir, tiny_models, "trainer.max_steps=3", base=base)
+    fit(cfg, dm, system, device)
+    ckpt = os.path.join(cfg.trial_dir, "ckpts", "epoch=0-step=3.ckpt")
+    assert torch.load(ckpt, weights_only=False)["stabledreamer"]["active_stage"] == 1
+    cfg2, dm2, resumed = build(workdir, tiny_models, "trainer.max_steps=5", f"resume={ckpt}", base=base)
+    built, seen = [], {}
+    activate, step = resumed._activate_stage, resumed.training_step
+
+    def record_activation(stage, *args, **kwargs):
+        if resumed._active_stage != stage:
+            built.append(stage)
+        return activate(stage, *args, **kwargs)
+
+    def spy(batch, batch_idx):
+        optimizer = resumed.optimizers().optimizer
+        offset = resumed.guidance_stage2.offset
+        seen[resumed.true_global_step] = (
+            resumed._active_stage, group_names(optimizer)[-1], int(optimizer.state.get(offset, {}).get("step", 0)),
+        )
+        return step(batch, batch_idx)
+
+    resumed._activate_stage, resumed.training_step = record_activation, spy
+    fit(cfg2, dm2, resumed, device, ckpt_path=ckpt)
+    return built, seen
+
+
+def test_resume_at_the_switch_builds_only_stage2_when_stage1_has_no_groups(
+    tmp_path, tiny_models, monkeypatch, device
+):
+    monkeypatch.chdir(tmp_path)
+    built, seen = _resume_at_the_switch(tmp_path, tiny_models, device, WITHOUT_STAGE1_GROUPS)
+    assert built == [2]
+    # stage 2's groups joined after the optimizer state was restored, and train from step 3
+    assert seen == {3: (2, "guidance_stage2", 0), 4: (2, "guidance_stage2", 1)}
+
+
+def test_resume_at_the_switch_rebuilds_stage1_when_its_groups_are_in_the_checkpoint(
+    tmp_path, tiny_models, monkeypatch, device
+):
+    monkeypatch.chdir(tmp_path)
+    built, seen = _resume_at_the_switch(tmp_path, tiny_models, device, tuple(OVERRIDES))
+    # the checkpointed optimizer holds stage 1's group: stage 1 is built so its state loads
+    assert built == [1, 2]
+    assert seen == {3: (2, "guidance_stage2", 0), 4: (2, "guidance_stage2", 1)}

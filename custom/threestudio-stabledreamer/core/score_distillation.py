@@ -172,13 +172,13 @@ class ReconstructionTerm:
     ``loss``: scalar, differentiable w.r.t. x. ``grad``: B * dloss/dx (detached), i.e. the
     SDS gradient after non-finite removal and clipping. ``target``: the (detached) pseudo
     ground truth actually used. ``num_nonfinite``: entries of the gradient that were not
-    finite and were set to zero.
+    finite and were set to zero (a 0-d integer tensor on x's device).
     """
 
     loss: torch.Tensor
     grad: torch.Tensor
     target: torch.Tensor
-    num_nonfinite: int
+    num_nonfinite: torch.Tensor
 
 
 def reconstruction_loss(
@@ -191,9 +191,9 @@ def reconstruction_loss(
 
     ``weight`` is c [B]. The per-element gradient g = c (x - x0_hat) has its non-finite
     entries set to zero (counted) and, if ``grad_clip`` is given, is clamped to
-    [-grad_clip, grad_clip] (threestudio's element-wise clipping). When either changes g,
-    the target becomes x - g / c so that the loss still has gradient g / B; otherwise the
-    target is x0_hat itself.
+    [-grad_clip, grad_clip] (threestudio's element-wise clipping). With clipping the target
+    is x - g / c so that the loss still has gradient g / B; without, it is x0_hat where g
+    is finite and x where it is not.
     """
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
@@ -203,13 +203,16 @@ def reconstruction_loss(
     target = x0_hat.detach()
     grad = c * (x_detached - target)
     finite = torch.isfinite(grad)
-    num_nonfinite = int(finite.numel() - finite.sum().item())
-    if num_nonfinite > 0:
-        grad = torch.where(finite, grad, torch.zeros_like(grad))
+    # Counted and replaced on the device, without branching on the data: no host
+    # synchronisation in the per-step path. Where an entry is not finite its gradient is
+    # 0 and its target is x itself.
+    num_nonfinite = finite.numel() - finite.sum()
+    grad = torch.where(finite, grad, torch.zeros_like(grad))
     if grad_clip is not None:
         grad = grad.clamp(-grad_clip, grad_clip)
-    if num_nonfinite > 0 or grad_clip is not None:
         target = x_detached - grad / c
+    else:
+        target = torch.where(finite, target, x_detached)
     loss = 0.5 * (c * (x - target) ** 2).sum() / batch_size
     return ReconstructionTerm(loss=loss, grad=grad, target=target, num_nonfinite=num_nonfinite)
 

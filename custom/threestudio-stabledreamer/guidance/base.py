@@ -6,9 +6,14 @@ model, turns renders into the model's space and back, and follows threestudio's 
 contract. Subclasses say what the model space is (``_encode``, ``_to_rgb``) and which
 model parts they load (``_load_models``).
 
-Precision: weights are float16 on CUDA when ``half_precision_weights`` (float32 on CPU,
-where half precision is slow and poorly supported); the loss maths runs in the render's
-dtype promoted to at least float32, outside any autocast region.
+Precision: ``weights_dtype`` (float32, float16 or bfloat16) gives the frozen models'
+dtype; ``auto`` keeps threestudio's rule: float16 on CUDA when ``half_precision_weights``,
+float32 on CPU (where half precision is slow). The VAE encodes in that dtype too. The loss
+maths runs in the render's dtype promoted to at least float32, outside any autocast region.
+
+Attention runs through PyTorch's fused ``scaled_dot_product_attention`` (diffusers' SDPA
+processors are set explicitly on every attention layer), unless xformers or attention
+slicing is asked for.
 """
 
 import gc
@@ -26,6 +31,9 @@ from threestudio.utils.misc import C
 from ..core import score_distillation as sds
 
 
+WEIGHTS_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
 class DiffusionModelUnavailableError(OSError):
     """The diffusion model's weights could not be loaded (missing, offline or gated)."""
 
@@ -38,6 +46,8 @@ class ScoreDistillationGuidance(BaseObject):
         # default files.
         variant: Optional[str] = None
         half_precision_weights: bool = True
+        # auto | float32 | float16 | bfloat16 (auto: see the module docstring).
+        weights_dtype: str = "auto"
         enable_memory_efficient_attention: bool = False
         enable_attention_slicing: bool = False
         enable_sequential_cpu_offload: bool = False
@@ -73,9 +83,12 @@ class ScoreDistillationGuidance(BaseObject):
     def configure(self) -> None:
         self._validate_config()
         cuda = self.device.type == "cuda"
-        self.weights_dtype = (
-            torch.float16 if self.cfg.half_precision_weights and cuda else torch.float32
-        )
+        if self.cfg.weights_dtype == "auto":
+            self.weights_dtype = (
+                torch.float16 if self.cfg.half_precision_weights and cuda else torch.float32
+            )
+        else:
+            self.weights_dtype = getattr(torch, self.cfg.weights_dtype)
         if self.cfg.enable_sequential_cpu_offload and not cuda:
             raise ValueError(
                 f"enable_sequential_cpu_offload needs a CUDA device, got device {self.device}"
@@ -92,7 +105,8 @@ class ScoreDistillationGuidance(BaseObject):
                 prepared.append(model)
         self._load_schedule()
         self.grad_clip_val: Optional[float] = None
-        self.num_nonfinite_total = 0
+        # Non-finite gradient entries zeroed so far: a device tensor, read only when asked.
+        self.num_nonfinite_total = torch.zeros((), dtype=torch.long, device=self.device)
         self.update_step(0, 0)
         threestudio.info(f"Loaded {self.MODEL_LABEL}.")
 
@@ -107,6 +121,10 @@ class ScoreDistillationGuidance(BaseObject):
         if cfg.anneal != "none" and cfg.anneal_steps <= 0:
             raise ValueError(
                 f"anneal_steps must be positive with anneal={cfg.anneal!r}, got {cfg.anneal_steps}"
+            )
+        if cfg.weights_dtype not in WEIGHTS_DTYPES:
+            raise ValueError(
+                f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {cfg.weights_dtype!r}"
             )
         if cfg.render_resolution <= 0:
             raise ValueError(
@@ -157,6 +175,7 @@ class ScoreDistillationGuidance(BaseObject):
         model.requires_grad_(False)
         if is_unet and self.cfg.enable_channels_last_format:
             model.to(memory_format=torch.channels_last)
+        use_sdpa_attention(model)
         if self.cfg.enable_memory_efficient_attention and is_unet:
             if importlib.util.find_spec("xformers") is None:
                 threestudio.warn(
@@ -399,9 +418,12 @@ class ScoreDistillationGuidance(BaseObject):
 
         Returns ``LOSS_NAME`` (``loss_sds``; plus subclass terms), ``grad_norm`` (of the
         per-element gradient of that loss), ``min_step``/``max_step`` (current inclusive
-        timestep range) and ``timesteps`` [B]. ``guidance_eval`` adds ``eval``: RGB images
-        [B,H,W,3] in [0, 1] ``input``, ``noisy`` and ``x0`` (the pseudo ground truth
-        x0_hat; subclasses may add further estimates) with their ``t`` [B]. ``timesteps``
+        timestep range), ``timesteps`` [B] and ``num_nonfinite`` (gradient entries that
+        were not finite and were set to zero, a device tensor: the system logs it; no
+        value is read on the host, so the step never waits for the device).
+        ``guidance_eval`` adds ``eval``: RGB images [B,H,W,3] in [0, 1] ``input``,
+        ``noisy`` and ``x0`` (the pseudo ground truth x0_hat; subclasses may add further
+        estimates) with their ``t`` [B]. ``timesteps``
         [B] and ``noise`` (shaped like the model-space input) replace the random draws, for
         reproducible evaluation. Further keyword arguments (threestudio passes the whole
         camera batch) go to the subclass hooks.
@@ -439,7 +461,9 @@ class ScoreDistillationGuidance(BaseObject):
                 max_step=self.max_step,
                 timesteps=t,
             )
-            self._count_nonfinite(sum(term.num_nonfinite for term in terms.values()))
+            num_nonfinite = sum(term.num_nonfinite for term in terms.values())
+            self.num_nonfinite_total = self.num_nonfinite_total + num_nonfinite
+            out["num_nonfinite"] = num_nonfinite
             if guidance_eval:
                 out["eval"] = self._evaluation_images(x, x_t, estimates, t)
         return out
@@ -463,14 +487,6 @@ class ScoreDistillationGuidance(BaseObject):
             )
         return timesteps
 
-    def _count_nonfinite(self, count: int) -> None:
-        if count > 0:
-            self.num_nonfinite_total += count
-            threestudio.warn(
-                f"{type(self).__name__}: {count} non-finite gradient entries set to zero "
-                f"({self.num_nonfinite_total} so far)"
-            )
-
     @torch.no_grad()
     def _evaluation_images(self, x, x_t, estimates, t) -> Dict[str, torch.Tensor]:
         images = {"input": x, "noisy": x_t, **estimates}
@@ -481,3 +497,25 @@ class ScoreDistillationGuidance(BaseObject):
             },
             "t": t,
         }
+
+
+def use_sdpa_attention(model: torch.nn.Module) -> None:
+    """Give every attention layer of a diffusers ``model`` the processor that calls
+    PyTorch's fused ``scaled_dot_product_attention``: ``AttnAddedKVProcessor2_0`` for
+    layers with added key/value projections (IF's), ``AttnProcessor2_0`` otherwise.
+    Models without attention processors are left as they are."""
+    from diffusers.models.attention_processor import (
+        AttnAddedKVProcessor2_0,
+        AttnProcessor2_0,
+    )
+
+    processors = getattr(model, "attn_processors", None)
+    if not processors:
+        return
+    layers = {name: module for name, module in model.named_modules()}
+    chosen = {}
+    for name in processors:
+        layer = layers[name[: -len(".processor")]]
+        added_kv = getattr(layer, "added_kv_proj_dim", None) is not None
+        chosen[name] = AttnAddedKVProcessor2_0() if added_kv else AttnProcessor2_0()
+    model.set_attn_processor(chosen)

@@ -45,7 +45,9 @@ timestep, or threestudio guidances' noise level; also logged to TensorBoard),
 Resume: a checkpoint stores the running stage, per-stage metrics and, for guidances that
 are modules with weights (e.g. LoRA), their weights under ``guidance.`` /
 ``guidance_stage2.``; the stage's models are rebuilt (and those weights loaded) before
-the optimizer state is restored, so optimizer groups match the checkpoint's.
+the optimizer state is restored, so optimizer groups match the checkpoint's. A checkpoint
+taken at ``stage2_start_step`` builds only stage 2 when stage 1 had no optimizer groups
+(``_starting_stage``), so IF and T5 are not loaded just to be released.
 """
 import json
 import os
@@ -115,6 +117,8 @@ class StableDreamerSystem(BaseLift3DSystem):
         self._active_stage: Optional[int] = None
         self._resumed_stage: Optional[int] = None
         self._resumed_step = 0
+        self._resumed_group_names: Optional[List[str]] = None
+        self._deferred_group_stage: Optional[int] = None
         self._pending_module_states: Dict[str, Dict[str, torch.Tensor]] = {}
         self._stage_param_groups: Dict[int, List[Dict[str, Any]]] = {1: [], 2: []}
         self._run_metrics = RunMetrics()
@@ -135,8 +139,9 @@ class StableDreamerSystem(BaseLift3DSystem):
 
     # ------------------------------------------------------------------ stages
 
-    def _activate_stage(self, stage: int) -> None:
-        """Hold exactly the models of ``stage``: release the other stage's, then build these."""
+    def _activate_stage(self, stage: int, attach_groups: bool = True) -> None:
+        """Hold exactly the models of ``stage``: release the other stage's, then build these
+        (and add their optimizer groups unless ``attach_groups`` is False)."""
         if self._active_stage == stage:
             return
         if self._active_stage is not None:
@@ -163,7 +168,10 @@ class StableDreamerSystem(BaseLift3DSystem):
         self._run_metrics.stage_loaded(
             f"stage{stage}", guidance_type, time.perf_counter() - started, self.device
         )
-        self._attach_stage_param_groups(stage)
+        if attach_groups:
+            self._attach_stage_param_groups(stage)
+        else:
+            self._deferred_group_stage = stage
 
     def _release_stage(self, stage: int) -> None:
         processor_name, guidance_name = STAGE_MODULES[stage]
@@ -196,9 +204,31 @@ class StableDreamerSystem(BaseLift3DSystem):
         for group in self._config_param_groups(stage=None):
             optimizer.add_param_group(group)
         self._optimizer = optimizer
-        # A resumed run restarts in the stage whose groups the checkpointed optimizer holds.
-        self._activate_stage(self._resumed_stage or self.stage_at(self.true_global_step))
+        self._activate_stage(*self._starting_stage())
         return optimizer
+
+    def _starting_stage(self):
+        """(stage to build first, whether its groups join the optimizer now).
+
+        A fresh run starts in the stage of its step. A resumed run's optimizer state must
+        match the checkpoint's groups, which include those of the stage that was running
+        when it was taken. A checkpoint taken at ``stage2_start_step`` was taken in stage
+        1 but resumes in stage 2: when it holds no stage-1 groups, only stage 2 is built
+        and its groups join after the optimizer state is restored (the first training
+        step); otherwise stage 1 is rebuilt so the state loads, and the step switches.
+        """
+        step = max(self.true_global_step, self._resumed_step)
+        stage = self.stage_at(step)
+        resumed = self._resumed_stage
+        if resumed is None or resumed == stage:
+            return stage, True
+        if self._resumed_group_names is not None and not self._holds_stage_groups(resumed):
+            return stage, False
+        return resumed, True
+
+    def _holds_stage_groups(self, stage: int) -> bool:
+        roots = {name.split(".")[0] for name in self._resumed_group_names or () if name}
+        return any(root in STAGE_MODULES[stage] for root in roots)
 
     def _config_param_groups(self, stage: Optional[int]) -> List[Dict[str, Any]]:
         """Groups of ``optimizer.params`` belonging to ``stage`` (None: to no stage)."""
@@ -265,6 +295,11 @@ class StableDreamerSystem(BaseLift3DSystem):
         groups are in the checkpoint) and set aside the weights of stage models, loaded
         when their stage starts."""
         self._resumed_step = int(checkpoint.get("global_step", 0))
+        optimizer_states = checkpoint.get("optimizer_states") or []
+        if optimizer_states:
+            self._resumed_group_names = [
+                group.get("name") for group in optimizer_states[0].get("param_groups", [])
+            ]
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is not None:
             self._run_metrics.load_state_dict(state["metrics"])
@@ -281,6 +316,9 @@ class StableDreamerSystem(BaseLift3DSystem):
 
     def on_train_batch_start(self, batch, batch_idx, unused=0):
         self._activate_stage(self.stage_at(self.true_global_step))
+        if self._deferred_group_stage == self._active_stage:
+            self._attach_stage_param_groups(self._active_stage)
+        self._deferred_group_stage = None
         self._run_metrics.step_started()
         return super().on_train_batch_start(batch, batch_idx, unused)
 
@@ -307,7 +345,9 @@ class StableDreamerSystem(BaseLift3DSystem):
             if name.startswith("loss_"):
                 loss = loss + value * self._loss_weight(name[len("loss_"):], stage)
             if _is_scalar(value):
-                self.log(f"train/{name}", float(value.detach() if torch.is_tensor(value) else value))
+                # Tensors are logged as tensors: Lightning reads them when it writes the logs,
+                # so the step does not wait for the device.
+                self.log(f"train/{name}", value.detach().float() if torch.is_tensor(value) else float(value))
         for name in REGULARIZERS:
             weight = self._loss_weight(name, stage, required=False)
             if weight > 0:
