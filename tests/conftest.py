@@ -82,6 +82,18 @@ def tiny_models():
     return build_tiny_models(root)
 
 
+@pytest.fixture(scope="session")
+def lab_vae():
+    """Folder of the lab's fitted AutoencoderKL (``vae/``) and SD's ``scheduler/``.
+
+    Fitted once (about a minute and a half at one CPU thread) into
+    ``$STABLEDREAMER_LAB_VAE`` (default ``<repo>/.cache/lab-vae``) and reused by later sessions.
+    """
+    from threestudio_stabledreamer.lab.latent_vae import fit_lab_vae
+
+    return fit_lab_vae(Path(os.environ.get("STABLEDREAMER_LAB_VAE", REPO_ROOT / ".cache" / "lab-vae")))
+
+
 # ---------------------------------------------------------------- device-sensitive tests
 # `python -m pytest tests --device cuda` runs the tests marked `device` (they take the
 # `device` fixture) on that device; everything else is unchanged.

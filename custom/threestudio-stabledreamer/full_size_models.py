@@ -318,7 +318,7 @@ def _save_stable_diffusion(out: Path, dtype: torch.dtype, configs: Dict[str, dic
         "pad_token_id": ids["pad_token_id"],
     }
     _save_and_free("clip_text_encoder", dtype, clip_config, out / "text_encoder")
-    tiny_models._sd_scheduler("epsilon").save_pretrained(out / "scheduler")
+    tiny_models.sd_scheduler("epsilon").save_pretrained(out / "scheduler")
     _write_model_index(out, "StableDiffusionPipeline", {
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],

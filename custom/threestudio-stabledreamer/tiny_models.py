@@ -462,7 +462,7 @@ def _tiny_vae():
     return _round_to_half_precision(vae)
 
 
-def _sd_scheduler(prediction_type: str):
+def sd_scheduler(prediction_type: str):
     """DDIM with Stable Diffusion 2.1's training schedule."""
     from diffusers import DDIMScheduler
 
@@ -494,7 +494,7 @@ def _build_stable_diffusion(out: Path, out_v_prediction: Path) -> None:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=_tiny_sd_unet(),
-        scheduler=_sd_scheduler("epsilon"),
+        scheduler=sd_scheduler("epsilon"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -504,7 +504,7 @@ def _build_stable_diffusion(out: Path, out_v_prediction: Path) -> None:
     _prefix_clip_text_weights(out / "text_encoder" / "model.safetensors")
 
     shutil.copytree(out, out_v_prediction)
-    _sd_scheduler("v_prediction").save_pretrained(out_v_prediction / "scheduler")
+    sd_scheduler("v_prediction").save_pretrained(out_v_prediction / "scheduler")
 
 
 # ----------------------------------------------------------------------------- CLIP

@@ -2,14 +2,15 @@
 space), as SDS, and ProlificDreamer's VSD on Stable Diffusion.
 
 Importing this package registers ``stabledreamer-deep-floyd-guidance``,
-``stabledreamer-stable-diffusion-guidance``, ``stabledreamer-vsd-guidance`` and the lab's
-``stabledreamer-lab-guidance`` (an exact denoiser over renders of a known object, see
-``lab``) with threestudio.
+``stabledreamer-stable-diffusion-guidance``, ``stabledreamer-vsd-guidance`` and the
+lab's ``stabledreamer-lab-guidance`` and ``stabledreamer-lab-latent-guidance`` (an exact
+denoiser over renders of a known object, in pixel and in latent space, see ``lab``) with
+threestudio.
 """
 
 from .base import DiffusionModelUnavailableError, ScoreDistillationGuidance
 from .deep_floyd import DeepFloydGuidance
-from .lab import LabGuidance
+from .lab import LabGuidance, LabLatentGuidance
 from .stable_diffusion import StableDiffusionGuidance
 from .vsd import VSDGuidance
 
@@ -18,6 +19,7 @@ __all__ = [
     "ScoreDistillationGuidance",
     "DeepFloydGuidance",
     "LabGuidance",
+    "LabLatentGuidance",
     "StableDiffusionGuidance",
     "VSDGuidance",
 ]

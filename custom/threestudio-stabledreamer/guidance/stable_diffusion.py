@@ -46,11 +46,20 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
     MODEL_ATTRIBUTES = ("unet", "vae")
 
     def _load_models(self) -> None:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
 
-        common = dict(variant=self.cfg.variant, torch_dtype=self.weights_dtype)
-        self.unet = self._load_pretrained(UNet2DConditionModel, "unet", **common)
-        self.vae = self._load_pretrained(AutoencoderKL, "vae", **common)
+        self.unet = self._load_pretrained(
+            UNet2DConditionModel, "unet", variant=self.cfg.variant, torch_dtype=self.weights_dtype
+        )
+        self._load_vae()
+
+    def _load_vae(self) -> None:
+        """The VAE of ``pretrained_model_name_or_path`` and the latent geometry it implies."""
+        from diffusers import AutoencoderKL
+
+        self.vae = self._load_pretrained(
+            AutoencoderKL, "vae", variant=self.cfg.variant, torch_dtype=self.weights_dtype
+        )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_channels = int(self.vae.config.latent_channels)
         self.scaling_factor = float(self.vae.config.scaling_factor)

@@ -1,0 +1,140 @@
+"""The lab's stage-2 prior: the fitted VAE and the exact posterior mean over reference latents,
+run inside the Stable Diffusion guidance."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import threestudio
+from threestudio_stabledreamer.lab.latent_vae import (
+    HELD_OUT_RENDERS,
+    SEED,
+    fit_report,
+    lab_renders,
+    reconstruction_psnr,
+)
+from threestudio_stabledreamer.lab.objects import make_object
+from threestudio_stabledreamer.lab.render import look_at_origin, render_object, turn_about_z
+
+MIN_RECONSTRUCTION_PSNR_DB = 24.0
+
+
+def latent_guidance(path, **overrides):
+    config = dict(pretrained_model_name_or_path=str(path), object="head", num_azimuths=4,
+                  backgrounds=[[1.0, 1.0, 1.0]], render_resolution=32, front_bias=2.0, view_leak=0.3,
+                  guidance_scale=7.5, weighting_strategy="sds")
+    config.update(overrides)
+    return threestudio.find("stabledreamer-lab-latent-guidance")(config)
+
+
+def lab_prompt_utils():
+    return threestudio.find("stabledreamer-lab-prompt-processor")({"prompt": "head"})()
+
+
+def test_the_lab_vae_loads_through_from_pretrained_as_sds_vae(lab_vae):
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    vae = AutoencoderKL.from_pretrained(str(lab_vae), subfolder="vae")
+    assert vae.config.latent_channels == 4
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 4
+    assert DDPMScheduler.from_pretrained(str(lab_vae), subfolder="scheduler").config.num_train_timesteps == 1000
+    guidance = latent_guidance(lab_vae)
+    assert isinstance(guidance.vae, AutoencoderKL) and guidance.latent_resolution == 8
+
+
+def test_the_lab_vae_reconstructs_unseen_lab_renders(lab_vae):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(lab_vae), subfolder="vae")
+    unseen = lab_renders(HELD_OUT_RENDERS, torch.Generator().manual_seed(SEED + 1))
+    psnr = reconstruction_psnr(vae, unseen)
+    assert psnr > MIN_RECONSTRUCTION_PSNR_DB
+    assert fit_report(lab_vae)["held_out_psnr_db"] > MIN_RECONSTRUCTION_PSNR_DB
+
+
+def brute_force_x0(x_t, references, bins, view, a, s, front, front_bias, leak):
+    """Posterior mean over the references y_k of one sample: explicit Gaussian likelihoods
+    N(x_t; a y_k, s^2 I), prior weights, a softmax, in float64; ``view`` None: unconditional."""
+    log_joint = []
+    for y, b in zip(references.double(), bins.tolist()):
+        prior = front_bias ** (b == front) * (1.0 if view is None else (1.0 - leak) * (b == view) + leak)
+        likelihood = torch.distributions.Normal(a * y, s).log_prob(x_t.double()).sum()
+        log_joint.append(torch.log(torch.tensor(prior, dtype=torch.float64)) + likelihood)
+    weights = torch.softmax(torch.stack(log_joint), 0)
+    return sum(w * y.double() for w, y in zip(weights, references))
+
+
+def test_latent_prior_in_the_sd_guidance_is_the_brute_force_posterior_mean(lab_vae):
+    """x0_hat of the real SD guidance's classifier-free guidance, with the lab prior over the
+    latents of renders from four azimuths, equals threestudio's x0_c + g (x0_c - x0_u) computed by hand."""
+    guidance = latent_guidance(lab_vae)
+    prompt_utils = lab_prompt_utils()
+    elevation, azimuth, distance = torch.tensor([15.0, 15.0]), torch.tensor([10.0, 100.0]), torch.tensor([1.8, 1.8])
+    c2w, fovy = look_at_origin(elevation, azimuth, distance), torch.deg2rad(torch.tensor([50.0, 50.0]))
+    rgb = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    captured = {}
+    estimate = guidance._denoised_estimates
+
+    def spy(x_t, t, alphas, *args, **kwargs):
+        captured.update(x_t=x_t, out=estimate(x_t, t, alphas, *args, **kwargs))
+        return captured["out"]
+
+    guidance._denoised_estimates = spy
+    timesteps = torch.tensor([300, 600])
+    guidance(rgb, prompt_utils, elevation, azimuth, distance, c2w=c2w, fovy=fovy, timesteps=timesteps)
+
+    index = prompt_utils.direction2idx
+    # the references of each view: azimuths +0, 90, 180, 270 degrees
+    bins = torch.tensor([[index["front"], index["side"], index["back"], index["side"]],
+                         [index["side"], index["back"], index["side"], index["front"]]])
+    views = [index["front"], index["side"]]
+    obj = make_object("head")
+    cameras = turn_about_z(c2w, torch.tensor([0.0, 90.0, 180.0, 270.0]))
+    alphas = guidance.alphas_cumprod[timesteps].double()
+    for b in range(2):
+        images = render_object(obj, cameras[b], fovy[b].repeat(4), 32, 32, (1.0, 1.0, 1.0)).rgb.permute(0, 3, 1, 2)
+        with torch.no_grad():
+            latents = guidance.vae.encode(images * 2.0 - 1.0).latent_dist.mean * guidance.vae.config.scaling_factor
+        a, s = alphas[b].sqrt(), (1.0 - alphas[b]).sqrt()
+        x_t = captured["x_t"][b]
+        conditional = brute_force_x0(x_t, latents, bins[b], views[b], a, s, index["front"], 2.0, 0.3)
+        unconditional = brute_force_x0(x_t, latents, bins[b], None, a, s, index["front"], 2.0, 0.3)
+        expected = conditional + 7.5 * (conditional - unconditional)
+        torch.testing.assert_close(captured["out"]["x0"][b].double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_latent_guidance_gives_a_finite_loss_and_a_gradient_through_the_encoder(lab_vae):
+    guidance = latent_guidance(lab_vae, use_img_loss=True)
+    elevation, azimuth, distance = torch.tensor([15.0]), torch.tensor([30.0]), torch.tensor([1.8])
+    rgb = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = guidance(rgb, lab_prompt_utils(), elevation, azimuth, distance,
+                   c2w=look_at_origin(elevation, azimuth, distance), fovy=torch.deg2rad(torch.tensor([50.0])))
+    (out["loss_sds"] + out["loss_sds_img"]).backward()
+    assert torch.isfinite(out["loss_sds"]) and rgb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("object", "teapot", "guidance.object must be one of"),
+    ("num_azimuths", 0, "guidance.num_azimuths must be >= 1"),
+    ("render_resolution", 30, "render_resolution must be a multiple of the VAE's downsampling factor 4"),
+    ("front_bias", 0.0, "guidance.front_bias must be > 0, got 0.0"),
+    ("view_leak", 1.5, r"guidance.view_leak must be in \[0, 1\], got 1.5"),
+])
+def test_bad_latent_guidance_settings_name_the_field(lab_vae, field, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        latent_guidance(lab_vae, **{field: value})
+
+
+def test_latent_guidance_without_the_fitted_vae_says_how_to_get_it(tmp_path):
+    from threestudio_stabledreamer.guidance.base import DiffusionModelUnavailableError
+
+    with pytest.raises(DiffusionModelUnavailableError, match="lab.latent_vae --out"):
+        latent_guidance(tmp_path / "missing")
+
+
+def test_reference_latents_are_the_encoder_mean_of_resized_renders(lab_vae):
+    guidance = latent_guidance(lab_vae)
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    small = F.interpolate(images, (32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        expected = guidance.vae.encode(small * 2 - 1).latent_dist.mean * guidance.scaling_factor
+    torch.testing.assert_close(guidance._encode_references(images), expected)
