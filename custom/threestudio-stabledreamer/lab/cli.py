@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "stabledreamer.yaml"
+DEFAULT_LAB_VAE = REPO_ROOT / ".cache" / "lab-vae"
 STANDIN_LAUNCHER = REPO_ROOT / "tests" / "threestudio_standin" / "launch.py"
 
 
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="make the README's pictures in DIR (objects.png, multiface.png, reconstruction.png) "
                         "from the runs they need in --out (default outputs/lab/figures), at --steps (default "
                         "500 here); --suite and --objects are ignored")
+    parser.add_argument("--two-stage", action="store_true",
+                        help="keep the config's stage 2 with the lab's latent prior, compressed as stage 1 "
+                        "(--steps is stage 1's length; the curve scores every --eval-every steps)")
+    parser.add_argument("--lab-vae", type=Path, default=DEFAULT_LAB_VAE,
+                        help=f"the lab's fitted VAE for --two-stage, fitted there once (default {DEFAULT_LAB_VAE})")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config the lab swaps into")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default outputs/lab; outputs/lab/figures with --figures)")
@@ -113,6 +119,8 @@ class LabSettings:
     test_resolution: int = 64
     mesh: bool = False
     config: Path = DEFAULT_CONFIG
+    two_stage: bool = False
+    lab_vae: Path = DEFAULT_LAB_VAE
     launcher: Path = STANDIN_LAUNCHER
     launcher_cwd: Path = REPO_ROOT
     gpus: str = "cpu"
@@ -140,7 +148,8 @@ def run_lab(settings: LabSettings) -> LabOutcome:
     from .pictures import truth_vs_result
     from .report import TRUTH_VS_RESULT, LabResult, plot, write_results, write_results_html, write_runs_csv
     from .scores import EvalCameras, GroundTruthViews
-    from .suites import SUITES, compressed_stage1_overrides, lab_overrides, variants_of
+    from .latent_vae import fit_lab_vae
+    from .suites import SUITES, compressed_stage1_overrides, lab_overrides, two_stage_overrides, variants_of
 
     variants = variants_of(settings.suites)
     multi_seed = {name for suite in ("multiface", "schedules") if suite in settings.suites for name in SUITES[suite]}
@@ -149,6 +158,8 @@ def run_lab(settings: LabSettings) -> LabOutcome:
     config = Path(settings.config).expanduser().resolve()
     try:
         compression, factor = compressed_stage1_overrides(config, settings.steps)
+        if settings.two_stage:
+            compression += two_stage_overrides(config, settings.steps, factor, fit_lab_vae(settings.lab_vae))
     except ValueError as error:
         raise SystemExit(f"error: {error}")
 
@@ -224,7 +235,8 @@ def main(argv: List[str] = None) -> int:
     settings = LabSettings(
         suites=args.suite, objects=args.objects, out=args.out, steps=args.steps, seeds=args.seeds,
         eval_every=args.eval_every, eval_resolution=args.eval_resolution, test_views=args.test_views,
-        test_resolution=args.test_resolution, mesh=args.mesh, config=args.config, launcher=launcher,
+        test_resolution=args.test_resolution, mesh=args.mesh, config=args.config, two_stage=args.two_stage,
+        lab_vae=args.lab_vae, launcher=launcher,
         launcher_cwd=launcher_cwd, gpus=args.gpus, progress_interval=args.progress_interval,
         overrides=tuple(args.overrides),
     )

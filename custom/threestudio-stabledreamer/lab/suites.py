@@ -14,6 +14,12 @@ The oracle (the exact render as x0_hat) is multi-view reconstruction, so it foll
 config still densifies (it densifies into stage 2), which leaves the last split's
 children little time to settle.
 
+Two-stage runs (``two_stage_overrides``) keep the config's stage 2 with the lab's latent
+prior (``stabledreamer-lab-latent-guidance`` over the lab's fitted VAE) in place of Stable
+Diffusion, compressed by the same factor as stage 1, so stage 2's annealing and the density
+control that continues into it keep their place too; stage 2 renders at the lab's 64
+pixels (16 x 16 latents).
+
 Priors:
 - ``view-conditioned`` (the guidance's defaults): references from every azimuth, the
   view prompt obeyed, no preference for fronts;
@@ -178,3 +184,28 @@ def scaled_schedule(schedule: list, factor: float) -> list:
         raise ValueError(f"a schedule has 3, 4 or an even number >= 6 of entries, got {schedule!r}")
     step_indices = {0, *range(3, len(schedule), 2)}
     return [round(v * factor) if i in step_indices and isinstance(v, int) else v for i, v in enumerate(schedule)]
+
+
+def two_stage_overrides(config: Path, steps: int, factor: float, vae: Path) -> List[str]:
+    """Overrides, after ``lab_overrides`` and ``compressed_stage1_overrides(config, steps)``
+    (whose ``factor`` this takes), that keep the config's stage 2 with the lab's latent prior
+    over the fitted VAE in ``vae``: stage 1 ends at ``steps``, stage 2 lasts the config's
+    stage 2 times ``factor`` (at least one step), and both stages anneal as the config says."""
+    cfg = OmegaConf.load(config)
+    total, stage1 = OmegaConf.select(cfg, "trainer.max_steps"), OmegaConf.select(cfg, "system.stage2_start_step")
+    if not isinstance(total, int) or not isinstance(stage1, int) or not 0 < stage1 < total:
+        raise ValueError(f"--config {config}: a two-stage run needs 0 < system.stage2_start_step < "
+                         f"trainer.max_steps, got {stage1!r} and {total!r}")
+    stage2 = max(1, round((total - stage1) * factor))
+    return [
+        f"system.stage2_start_step={steps}",
+        f"trainer.max_steps={steps + stage2}",
+        "system.guidance.anneal_steps=${system.stage2_start_step}",
+        "system.prompt_processor_stage2_type=stabledreamer-lab-prompt-processor",
+        "system.guidance_stage2_type=stabledreamer-lab-latent-guidance",
+        f"system.guidance_stage2.pretrained_model_name_or_path={vae}",
+        "system.guidance_stage2.object=${system.prompt_processor.prompt}",
+        "system.guidance_stage2.render_resolution=64",
+        "system.guidance_stage2.anneal_start_step=${system.stage2_start_step}",
+        "system.guidance_stage2.anneal_steps=${sub:${trainer.max_steps},${system.stage2_start_step}}",
+    ]
