@@ -1,8 +1,11 @@
 """The lab's stage-2 prior: the fitted VAE and the exact posterior mean over reference latents,
 run inside the Stable Diffusion guidance."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import threestudio
 from threestudio_stabledreamer.lab.latent_vae import (
@@ -138,3 +141,41 @@ def test_reference_latents_are_the_encoder_mean_of_resized_renders(lab_vae):
     with torch.no_grad():
         expected = guidance.vae.encode(small * 2 - 1).latent_dist.mean * guidance.scaling_factor
     torch.testing.assert_close(guidance._encode_references(images), expected)
+
+
+def test_two_stage_lab_run_scores_each_stage(lab_vae, tmp_path):
+    """The lab command with --two-stage end to end at tiny settings: the config's stage 2
+    runs with the latent prior after the compressed stage 1, and the run is scored at the
+    end of each stage."""
+    import json
+
+    from threestudio_stabledreamer.lab.cli import main
+
+    out = tmp_path / "lab"
+    code = main([
+        "--suite", "config", "--objects", "head", "--steps", "40", "--eval-every", "40", "--out", str(out),
+        "--eval-resolution", "32", "--two-stage", "--lab-vae", str(lab_vae),
+        "data.width=32", "data.height=32", "system.guidance.render_resolution=32",
+        "system.guidance_stage2.render_resolution=32", "system.geometry.init.num_points=1000",
+    ])
+    assert code == 0
+    (trial,) = (out / "runs").glob("stage1-s0/*")
+    system = OmegaConf.load(trial / "configs" / "parsed.yaml").system
+    assert system.stage2_start_step == 40
+    assert system.guidance_stage2_type == "stabledreamer-lab-latent-guidance"
+    assert system.guidance_stage2.pretrained_model_name_or_path == str(lab_vae)
+    # stage 2 is the config's 4000 steps compressed by stage 1's factor 40 / 4000, and anneals over them
+    assert OmegaConf.load(trial / "configs" / "parsed.yaml").trainer.max_steps == 80
+    assert (system.guidance_stage2.anneal_start_step, system.guidance_stage2.anneal_steps) == (40, 40)
+    curve = json.loads((trial / "lab-scores.json").read_text())["scores"]["curve"]
+    assert [step for step, _, _ in curve] == [40, 80]
+    assert all(math.isfinite(psnr) and 0.0 <= multi_face <= 1.0 for _, psnr, multi_face in curve)
+
+
+def test_two_stage_needs_a_config_with_a_stage_2(tmp_path):
+    from threestudio_stabledreamer.lab.suites import two_stage_overrides
+
+    config = tmp_path / "config.yaml"
+    config.write_text("trainer: {max_steps: 100}\nsystem: {stage2_start_step: null}\n")
+    with pytest.raises(ValueError, match="needs 0 < system.stage2_start_step < trainer.max_steps, got None and 100"):
+        two_stage_overrides(config, 10, 0.1, tmp_path)
