@@ -1,10 +1,9 @@
 """The lab's guidances: score distillation against an exact denoiser over renders of a known object.
 
 ``stabledreamer-lab-guidance`` is stage 1's (DeepFloyd IF, pixel space),
-``stabledreamer-lab-latent-guidance`` stage 2's (Stable Diffusion, latent space). For the
-first:
+``stabledreamer-lab-latent-guidance`` stage 2's (Stable Diffusion, latent space).
 
-Everything but the network is the DeepFloyd IF guidance under test (pixel space at
+In the first, everything but the network is the DeepFloyd IF guidance under test (pixel space at
 ``render_resolution``, IF stage I's noise schedule, classifier-free guidance, x0_hat, the
 reconstruction loss, annealing); the UNet is replaced by ``lab.denoiser.AnalyticDenoiser``,
 the exact posterior mean over reference images of the ground-truth object
