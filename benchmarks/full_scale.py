@@ -169,10 +169,11 @@ def vae_encode_backward_flops(vae_config: dict, batch_size: int, resolution: int
 def text_encoder_flops(model_dir: str, processor_type: str, num_prompts: int, max_length: int = 77) -> int:
     """FLOPs of encoding ``num_prompts`` prompts of ``max_length`` tokens with the text
     encoder in ``model_dir/text_encoder``, counted on the ``meta`` device."""
-    from transformers import AutoConfig, CLIPTextModel, T5EncoderModel
+    from transformers import CLIPTextModel, T5EncoderModel
 
-    config = AutoConfig.from_pretrained(model_dir, subfolder="text_encoder")
+    # the model's own config class: transformers 4.28's AutoConfig knows no "clip_text_model"
     model_class = T5EncoderModel if "deep-floyd" in processor_type else CLIPTextModel
+    config = model_class.config_class.from_pretrained(model_dir, subfolder="text_encoder")
     with torch.device("meta"):
         encoder = model_class(config)
         ids = torch.zeros(num_prompts, max_length, dtype=torch.long)
