@@ -28,9 +28,6 @@ import contextlib
 import gc
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -253,17 +250,13 @@ def build_full_size_models(
     marker = {"format_version": FORMAT_VERSION, "dtype": str(dtype), "configs": _jsonable(configs)}
     if _marker(root) == marker:
         return paths
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
-    try:
+
+    def build(staging: Path) -> None:
         _save_deepfloyd_if(staging / "deepfloyd-if", dtype, configs)
         _save_stable_diffusion(staging / "stable-diffusion", dtype, configs)
         (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    tiny_models.build_then_rename(root, build, lambda folder: _marker(folder) == marker)
     return paths
 
 

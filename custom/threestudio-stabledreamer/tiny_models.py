@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -91,18 +91,24 @@ def build_tiny_models(root: Path) -> Dict[str, Path]:
     paths = {name: root / name for name in MODEL_NAMES}
     if _is_complete(root):
         return paths
+    build_then_rename(root, _build_all, _is_complete)
+    return paths
+
+
+def build_then_rename(root: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool]) -> None:
+    """``build(staging)`` in a temporary sibling of ``root``, then rename it to ``root``
+    (replacing an older one) unless ``is_complete(root)`` by then, i.e. another process
+    finished first. An interrupted build is removed and never looks complete."""
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
     try:
-        _build_all(staging)
-        if _is_complete(root):
-            return paths
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
+        build(staging)
+        if not is_complete(root):
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(staging, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return paths
 
 
 def _is_complete(root: Path) -> bool:

@@ -26,16 +26,13 @@ the result under ``root`` (a marker file with the format version marks a complet
 """
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
-from ..tiny_models import sd_scheduler
+from ..tiny_models import build_then_rename, sd_scheduler
 from .objects import OBJECTS, make_object
 from .render import look_at_origin, render_object
 
@@ -141,9 +138,8 @@ def fit_lab_vae(root: Path) -> Path:
     root = Path(root).resolve()
     if _is_complete(root):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-fitting-", dir=root.parent))
-    try:
+
+    def fit_into(staging: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             vae, psnr = fit_vae()
         vae.save_pretrained(staging / "vae", safe_serialization=True)
@@ -151,12 +147,8 @@ def fit_lab_vae(root: Path) -> Path:
         marker = {"format_version": FORMAT_VERSION, "seed": SEED, "steps": STEPS,
                   "held_out_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
         (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if not _is_complete(root):
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    build_then_rename(root, fit_into, _is_complete)
     return root
 
 
