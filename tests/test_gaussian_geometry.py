@@ -235,6 +235,15 @@ def test_opacity_reset(device):
     take_step(geometry, optimizer)
 
 
+def density_control_at(geometry, step):
+    """``density_control(step)``; on CUDA, where the non-finite flag is read a step late
+    (``_nonfinite_suspected``), after the step before it and a synchronisation."""
+    if geometry.means.device.type == "cuda":
+        geometry.density_control(step - 1)
+        torch.cuda.synchronize()
+    return geometry.density_control(step)
+
+
 @pytest.mark.device
 def test_nonfinite_parameters_raise_with_the_step(device):
     geometry = make(device, **densify_cfg())
@@ -242,7 +251,24 @@ def test_nonfinite_parameters_raise_with_the_step(device):
     with torch.no_grad():
         geometry._means[5, 1] = float("nan")
     with pytest.raises(FloatingPointError, match=r"after step 7: 1 of 64 Gaussians \(in means\)"):
-        geometry.density_control(7)
+        density_control_at(geometry, 7)
+
+
+@pytest.mark.device
+def test_steps_without_density_control_do_not_synchronise_cuda(device):
+    if device.type != "cuda":
+        pytest.skip("CUDA's sync debug mode needs a CUDA device (run with --device cuda); on a CPU the "
+                    "non-finite flag is read at once, which waits for nothing")
+    geometry = make(device, **densify_cfg())
+    geometry.create_optimizer()
+    geometry.density_control(1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        summaries = [geometry.density_control(step) for step in range(2, 6)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [s["nonfinite"] for s in summaries] == [0, 0, 0, 0]
 
 
 @pytest.mark.device
@@ -258,7 +284,7 @@ def test_nonfinite_parameters_pruned_on_request(monkeypatch, device):
     kept = [i for i in range(64) if i not in (3, 9)]
     means = geometry.means.detach()[kept]
     exp_avg = optimizer.state[geometry._means]["exp_avg"][kept]
-    summary = geometry.density_control(7)
+    summary = density_control_at(geometry, 7)
     assert summary["nonfinite"] == 2 and geometry.num_gaussians == 62
     assert torch.equal(geometry.means, means)
     assert torch.equal(optimizer.state[geometry._means]["exp_avg"], exp_avg)

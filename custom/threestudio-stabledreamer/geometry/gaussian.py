@@ -187,6 +187,8 @@ class StableDreamerGaussian(BaseGeometry):
         self.init_cfg: GaussianInitConfig = parse_structured(GaussianInitConfig, self.cfg.init)
         self.active_sh_degree = self.cfg.sh_degree if self.cfg.sh_increase_interval == 0 else 0
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._finite_flag: Optional[torch.Tensor] = None
+        self._finite_flag_copied: Optional[torch.cuda.Event] = None
         self.register_buffer("_scene_extent", torch.tensor(1.0))
         self._set_parameters(self._initial_tensors(0))
         if self.init_cfg.type == "random":
@@ -497,10 +499,31 @@ class StableDreamerGaussian(BaseGeometry):
             old = getattr(self, buffer)
             setattr(self, buffer, torch.cat([old[plan.source_index], old.new_zeros(n_appended)]))
 
+    def _nonfinite_suspected(self, tensors: Dict[str, torch.Tensor]) -> bool:
+        """Whether a parameter may be non-finite: any NaN or infinity makes a sum non-finite.
+
+        On a CPU the flag is read at once. On CUDA reading it would wait for the step's
+        kernels, a host synchronisation every step: the flag is copied to pinned host memory
+        without waiting instead, and a flag is read once its copy has landed (a later step),
+        so a non-finite parameter is found a step or two after it appears."""
+        finite = torch.stack([tensor.sum() for tensor in tensors.values()]).isfinite().all()
+        if finite.device.type != "cuda":
+            return not bool(finite)
+        suspected = False
+        if self._finite_flag is not None and self._finite_flag_copied.query():
+            suspected = not bool(self._finite_flag)  # a host tensor whose copy has landed: no wait
+            self._finite_flag = None
+        if self._finite_flag is None:
+            self._finite_flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self._finite_flag.copy_(finite, non_blocking=True)
+            self._finite_flag_copied = torch.cuda.Event()
+            self._finite_flag_copied.record()
+        return suspected
+
     def _handle_nonfinite(self, global_step: int, optimizer: torch.optim.Optimizer) -> int:
         tensors = self._tensors()
-        # Any NaN or infinity makes a sum non-finite; the exact row check runs only then.
-        if bool(torch.stack([tensor.sum() for tensor in tensors.values()]).isfinite().all()):
+        # the exact row check, which reads values on the host, runs only on suspicion
+        if not self._nonfinite_suspected(tensors):
             return 0
         bad = torch.zeros(self.num_gaussians, dtype=torch.bool, device=self._means.device)
         fields = []
