@@ -170,6 +170,10 @@ def test_two_stage_lab_run_scores_each_stage(lab_vae, tmp_path):
     curve = json.loads((trial / "lab-scores.json").read_text())["scores"]["curve"]
     assert [step for step, _, _ in curve] == [40, 80]
     assert all(math.isfinite(psnr) and 0.0 <= multi_face <= 1.0 for _, psnr, multi_face in curve)
+    (_, stage1_psnr, stage1_multi_face), (_, final_psnr, final_multi_face) = curve
+    row = (f"| stage1 | head | 0 | 40 | {stage1_psnr:.2f} dB, {stage1_multi_face:.3f} | {final_psnr:.2f} dB, "
+           f"{final_multi_face:.3f} | {final_psnr - stage1_psnr:+.2f} dB |")
+    assert row in (out / "results.md").read_text(encoding="utf-8")
 
 
 def test_two_stage_needs_a_config_with_a_stage_2(tmp_path):
@@ -179,3 +183,48 @@ def test_two_stage_needs_a_config_with_a_stage_2(tmp_path):
     config.write_text("trainer: {max_steps: 100}\nsystem: {stage2_start_step: null}\n")
     with pytest.raises(ValueError, match="needs 0 < system.stage2_start_step < trainer.max_steps, got None and 100"):
         two_stage_overrides(config, 10, 0.1, tmp_path)
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("two-stage", {"system.stage2_start_step": 250, "trainer.max_steps": 500,
+                   "system.guidance_stage2.guidance_scale": 100.0, "system.geometry.densify_until": 375}),
+    ("two-stage-cfg20", {"system.guidance_stage2.guidance_scale": 20.0}),
+    ("two-stage-t0.3", {"system.guidance_stage2.max_step_percent": 0.3,
+                        "system.guidance_stage2.min_step_percent": 0.02}),
+    ("two-stage-res128", {"data.width": [64, 128], "data.height": [64, 128], "data.resolution_milestones": [250],
+                          "system.guidance_stage2.render_resolution": 128}),
+    ("two-stage-hifa", {"system.guidance_stage2.use_img_loss": True, "system.loss.lambda_sds_img": 0.01}),
+    ("two-stage-switch0.25", {"system.stage2_start_step": 125, "trainer.max_steps": 500,
+                              "system.guidance.anneal_steps": 125, "system.guidance_stage2.anneal_start_step": 125,
+                              "system.guidance_stage2.anneal_steps": 375}),
+    ("two-stage-densify1", {"system.geometry.densify_until": 250}),
+])
+def test_stage2_suite_variants_resolve_to_what_they_say(variant, expected, tmp_path):
+    """Each variant's overrides, after the lab's, the compression's and the two-stage ones,
+    as the launcher merges them, at 250 + 250 steps."""
+    from threestudio.utils.config import load_config
+
+    from threestudio_stabledreamer.lab.cli import DEFAULT_CONFIG
+    from threestudio_stabledreamer.lab.suites import (
+        SUITES,
+        VARIANTS,
+        compressed_stage1_overrides,
+        lab_overrides,
+        two_stage_overrides,
+    )
+
+    assert variant in SUITES["stage2"] and VARIANTS[variant].two_stage
+    compression, factor = compressed_stage1_overrides(DEFAULT_CONFIG, 250)
+    cfg = load_config(str(DEFAULT_CONFIG), cli_args=[
+        "system.prompt_processor.prompt=head", *lab_overrides(250, 250), *compression,
+        *two_stage_overrides(DEFAULT_CONFIG, 250, factor, tmp_path), *VARIANTS[variant].overrides])
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
+def test_stage2_variants_need_two_stage(tmp_path):
+    from threestudio_stabledreamer.lab.cli import main
+
+    with pytest.raises(SystemExit, match=r"variants \['two-stage', 'two-stage-cfg20'.*need --two-stage"):
+        main(["--suite", "stage2", "--objects", "head", "--out", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()

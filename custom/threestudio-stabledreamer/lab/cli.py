@@ -103,6 +103,13 @@ def launcher_of(threestudio_root: Optional[Path] = None, launcher: Optional[Path
 
 
 
+def stage2_start_step(trial: Path) -> Optional[int]:
+    """The trial's ``system.stage2_start_step`` as the launcher resolved it (None: stage 1 only)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(OmegaConf.load(trial / "configs" / "parsed.yaml"), "system.stage2_start_step")
+
+
 @dataclass
 class LabSettings:
     """What ``run_lab`` runs: every variant of ``suites`` on every object (and seed, for the
@@ -128,6 +135,10 @@ class LabSettings:
     overrides: Sequence[str] = field(default_factory=tuple)
     variant_objects: Dict[str, Sequence[str]] = field(default_factory=dict)
     """Objects of the named variants, in place of ``objects``."""
+    variants: Sequence = ()
+    """Variants (``suites.Variant``) to run in place of those of ``suites``."""
+    variant_seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
+    """Seeds of the named variants, in place of ``seeds``."""
 
 
 @dataclass
@@ -151,7 +162,10 @@ def run_lab(settings: LabSettings) -> LabOutcome:
     from .latent_vae import fit_lab_vae
     from .suites import SUITES, compressed_stage1_overrides, lab_overrides, two_stage_overrides, variants_of
 
-    variants = variants_of(settings.suites)
+    variants = list(settings.variants) or variants_of(settings.suites)
+    stage2_variants = [v.name for v in variants if v.two_stage]
+    if stage2_variants and not settings.two_stage:
+        raise SystemExit(f"error: variants {stage2_variants} vary stage 2 and need --two-stage")
     multi_seed = {name for suite in ("multiface", "schedules") if suite in settings.suites for name in SUITES[suite]}
     out = Path(settings.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +179,8 @@ def run_lab(settings: LabSettings) -> LabOutcome:
 
     labels, runs = {}, []
     for variant in variants:
-        for seed in settings.seeds if variant.name in multi_seed else settings.seeds[:1]:
+        seeds = settings.seeds if variant.name in multi_seed else settings.seeds[:1]
+        for seed in settings.variant_seeds.get(variant.name, seeds):
             # the user's overrides come last, so they win over the variant's own
             method = Method(f"{variant.name}-s{seed}", config,
                             (*variant.overrides, f"seed={seed}", *settings.overrides))
@@ -196,7 +211,7 @@ def run_lab(settings: LabSettings) -> LabOutcome:
         truth_vs_result(trial / TRUTH_VS_RESULT, make_object(record.prompt), read_ply_params(final_ply(trial)[1]),
                         f"{variant}\n{scores['psnr']:.1f} dB", settings.test_resolution)
         results.append(LabResult(variant, record.prompt, seed, scores, record.wall_time_s,
-                                 azimuth.tolist(), elevation.tolist(), str(trial)))
+                                 azimuth.tolist(), elevation.tolist(), str(trial), stage2_start_step(trial)))
         print(f"scored {number}/{len(records)}: {record.method} {record.prompt}: PSNR {scores['psnr']:.2f} dB, "
               f"SSIM {scores['ssim']:.3f}, IoU {scores['iou']:.3f}, multi-face {scores['multi_face']:.3f}",
               flush=True)

@@ -10,7 +10,7 @@ import csv
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .scores import SCORE_NAMES
 
@@ -28,6 +28,16 @@ class LabResult:
     azimuths: List[float] = field(default_factory=list)
     elevations: List[float] = field(default_factory=list)
     trial_dir: str = ""
+    stage2_start_step: Optional[int] = None
+    """Where the run switched to stage 2 (None: a stage-1 run)."""
+
+    def after_stage1(self) -> Optional[Tuple[float, float]]:
+        """(PSNR, multi-face score) at the switch, from the score curve; None for a stage-1
+        run or when the curve has no point there."""
+        for step, psnr, multi_face in self.scores.get("curve") or []:
+            if step == self.stage2_start_step:
+                return psnr, multi_face
+        return None
 
 
 def spread(values: Sequence[float]) -> str:
@@ -89,6 +99,17 @@ def write_results(out: Path, results: Sequence[LabResult], variants: Dict[str, s
             if _group(results, variant):
                 cells = [spread([float(r.scores[name]) for r in _group(results, variant, obj)]) for obj in objects]
                 lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    staged = [r for r in results if r.after_stage1() is not None]
+    if staged:
+        lines += ["", "## Two-stage runs: after stage 1 and after stage 2", "",
+                  "| variant | object | seed | switch | stage 1: PSNR, multi-face | stage 2: PSNR, multi-face | "
+                  "change in PSNR |", "|---|---|---|---|---|---|---|"]
+        for r in staged:
+            psnr, multi_face = r.after_stage1()
+            final = float(r.scores["psnr"])
+            lines.append(f"| {r.variant} | {r.object} | {r.seed} | {r.stage2_start_step} | {psnr:.2f} dB, "
+                         f"{multi_face:.3f} | {final:.2f} dB, {float(r.scores['multi_face']):.3f} | "
+                         f"{final - psnr:+.2f} dB |")
     lines += ["", "Plots: `score_vs_step.png`, `per_view_psnr.png`; one row per run in `runs.csv`.", ""]
     (out / "results.md").write_text("\n".join(lines), encoding="utf-8")
 

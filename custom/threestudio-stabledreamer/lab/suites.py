@@ -43,6 +43,11 @@ class Variant:
     name: str
     description: str
     overrides: Tuple[str, ...] = ()
+    two_stage: bool = False
+    """Varies stage 2: runs only with ``--two-stage``."""
+
+
+STAGE2 = "system.guidance_stage2"
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -60,6 +65,23 @@ VARIANTS: Dict[str, Variant] = {
                 BIASED + ("system.guidance.anneal=linear",)),
         Variant("biased-cosine", "front-biased, leaky prior; cosine annealing",
                 BIASED + ("system.guidance.anneal=cosine",)),
+        Variant("two-stage", "both stages as the config says (stage 2: t from 0.6 to 0.2 T, CFG 100, no HiFA "
+                "image loss, switch halfway, density control until halfway through stage 2)", two_stage=True),
+        Variant("two-stage-cfg20", "as two-stage with stage 2's guidance_scale 20",
+                (f"{STAGE2}.guidance_scale=20.0",), True),
+        Variant("two-stage-t0.98", "as two-stage with stage 2's noise from 0.98 T (the full range)",
+                (f"{STAGE2}.max_step_percent=0.98",), True),
+        Variant("two-stage-t0.3", "as two-stage with stage 2's noise from 0.3 T down to 0.02 T",
+                (f"{STAGE2}.max_step_percent=0.3", f"{STAGE2}.min_step_percent=0.02"), True),
+        Variant("two-stage-res128", "as two-stage with stage 2 rendering 128 pixels (32 x 32 latents)",
+                ("data.width=[64,128]", "data.height=[64,128]",
+                 "data.resolution_milestones=['${system.stage2_start_step}']", f"{STAGE2}.render_resolution=128"), True),
+        Variant("two-stage-hifa", "as two-stage with HiFA's image loss (lambda_sds_img 0.01, as configs/gaussian-hifa)",
+                (f"{STAGE2}.use_img_loss=true", "system.loss.lambda_sds_img=0.01"), True),
+        Variant("two-stage-switch0.25", "as two-stage with the switch after a quarter of the run",
+                ("system.stage2_start_step=${idiv:${trainer.max_steps},4}",), True),
+        Variant("two-stage-densify1", "as two-stage with density control ending at the switch",
+                ("system.geometry.densify_until=${system.stage2_start_step}",), True),
     ]
 }
 
@@ -71,6 +93,9 @@ SUITES: Dict[str, Tuple[str, ...]] = {
     "schedules": ("biased-none", "biased-sqrt", "biased-linear", "biased-cosine"),
     "scales": ("stage1-cfg7.5", "stage1", "stage1-cfg50"),
     "bias": ("stage1", "stage1-biased"),
+    "two-stage": ("two-stage",),
+    "stage2": ("two-stage", "two-stage-cfg20", "two-stage-t0.98", "two-stage-t0.3", "two-stage-res128",
+               "two-stage-hifa", "two-stage-switch0.25", "two-stage-densify1"),
 }
 
 
