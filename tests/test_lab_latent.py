@@ -191,18 +191,21 @@ def test_two_stage_needs_a_config_with_a_stage_2(tmp_path):
     ("two-stage-cfg20", {"system.guidance_stage2.guidance_scale": 20.0}),
     ("two-stage-t0.3", {"system.guidance_stage2.max_step_percent": 0.3,
                         "system.guidance_stage2.min_step_percent": 0.02}),
-    ("two-stage-res128", {"data.width": [64, 128], "data.height": [64, 128], "data.resolution_milestones": [250],
+    ("two-stage-res128", {"data.width": [64, 128], "data.height": [64, 128], "data.batch_size": [4, 4],
+                          "data.resolution_milestones": [250],
                           "system.guidance_stage2.render_resolution": 128}),
     ("two-stage-hifa", {"system.guidance_stage2.use_img_loss": True, "system.loss.lambda_sds_img": 0.01}),
     ("two-stage-switch0.25", {"system.stage2_start_step": 125, "trainer.max_steps": 500,
                               "system.guidance.anneal_steps": 125, "system.guidance_stage2.anneal_start_step": 125,
                               "system.guidance_stage2.anneal_steps": 375}),
+    ("two-stage-oracle2", {"system.guidance_stage2.oracle": True}),
     ("two-stage-densify1", {"system.geometry.densify_until": 250}),
 ])
 def test_stage2_suite_variants_resolve_to_what_they_say(variant, expected, tmp_path):
     """Each variant's overrides, after the lab's, the compression's and the two-stage ones,
     as the launcher merges them, at 250 + 250 steps."""
-    from threestudio.utils.config import load_config
+    from threestudio.data.uncond import RandomCameraDataModuleConfig, RandomCameraIterableDataset
+    from threestudio.utils.config import load_config, parse_structured
 
     from threestudio_stabledreamer.lab.cli import DEFAULT_CONFIG
     from threestudio_stabledreamer.lab.suites import (
@@ -220,11 +223,14 @@ def test_stage2_suite_variants_resolve_to_what_they_say(variant, expected, tmp_p
         *two_stage_overrides(DEFAULT_CONFIG, 250, factor, tmp_path), *VARIANTS[variant].overrides])
     for key, value in expected.items():
         assert OmegaConf.select(cfg, key) == value, key
+    # the camera data accepts the variant's per-stage sizes (one length for every list)
+    data = RandomCameraIterableDataset(parse_structured(RandomCameraDataModuleConfig, cfg.data))
+    assert data.cfg.batch_size in (4, [4, 2], [4, 4])
 
 
 def test_stage2_variants_need_two_stage(tmp_path):
     from threestudio_stabledreamer.lab.cli import main
 
-    with pytest.raises(SystemExit, match=r"variants \['two-stage', 'two-stage-cfg20'.*need --two-stage"):
+    with pytest.raises(SystemExit, match=r"variants \['two-stage', .*'two-stage-cfg20'.*\] vary stage 2 and need --two-stage"):
         main(["--suite", "stage2", "--objects", "head", "--out", str(tmp_path)])
     assert not (tmp_path / "runs").exists()

@@ -74,12 +74,14 @@ VARIANTS: Dict[str, Variant] = {
         Variant("two-stage-t0.3", "as two-stage with stage 2's noise from 0.3 T down to 0.02 T",
                 (f"{STAGE2}.max_step_percent=0.3", f"{STAGE2}.min_step_percent=0.02"), True),
         Variant("two-stage-res128", "as two-stage with stage 2 rendering 128 pixels (32 x 32 latents)",
-                ("data.width=[64,128]", "data.height=[64,128]",
+                ("data.width=[64,128]", "data.height=[64,128]", "data.batch_size=[4,4]",
                  "data.resolution_milestones=['${system.stage2_start_step}']", f"{STAGE2}.render_resolution=128"), True),
         Variant("two-stage-hifa", "as two-stage with HiFA's image loss (lambda_sds_img 0.01, as configs/gaussian-hifa)",
                 (f"{STAGE2}.use_img_loss=true", "system.loss.lambda_sds_img=0.01"), True),
         Variant("two-stage-switch0.25", "as two-stage with the switch after a quarter of the run",
                 ("system.stage2_start_step=${idiv:${trainer.max_steps},4}",), True),
+        Variant("two-stage-oracle2", "as two-stage with stage 2's prior reduced to the exact render (its oracle): "
+                "what the latent loss costs without a prior's uncertainty", (f"{STAGE2}.oracle=true",), True),
         Variant("two-stage-densify1", "as two-stage with density control ending at the switch",
                 ("system.geometry.densify_until=${system.stage2_start_step}",), True),
     ]
@@ -94,8 +96,8 @@ SUITES: Dict[str, Tuple[str, ...]] = {
     "scales": ("stage1-cfg7.5", "stage1", "stage1-cfg50"),
     "bias": ("stage1", "stage1-biased"),
     "two-stage": ("two-stage",),
-    "stage2": ("two-stage", "two-stage-cfg20", "two-stage-t0.98", "two-stage-t0.3", "two-stage-res128",
-               "two-stage-hifa", "two-stage-switch0.25", "two-stage-densify1"),
+    "stage2": ("two-stage", "two-stage-oracle2", "two-stage-densify1", "two-stage-cfg20", "two-stage-t0.98", "two-stage-t0.3",
+               "two-stage-res128", "two-stage-hifa", "two-stage-switch0.25"),
 }
 
 
