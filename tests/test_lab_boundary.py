@@ -89,8 +89,8 @@ def test_cell_results_group_seeds_and_ignore_other_variants():
 
 
 @pytest.mark.parametrize("annealed, uniform, verdict", [
-    (0.0, 0.0, "any schedule keeps one face"), (0.0, 0.9, "annealing keeps one face"),
-    (0.9, 0.9, "no schedule keeps one face"), (0.9, 0.0, "uniform only"), (None, 0.0, "not run"),
+    (0.0, 0.0, "both schedules keep one face"), (0.0, 0.9, "annealing keeps one face"),
+    (0.9, 0.9, "neither schedule keeps one face"), (0.9, 0.0, "only uniform keeps one face"), (None, 0.0, "not run"),
 ])
 def test_region_verdicts(annealed, uniform, verdict):
     def entry(score):
@@ -133,7 +133,7 @@ def test_command_runs_every_cell_then_more_seeds_either_side_of_the_boundary(tmp
         rows = {(r["front_bias"], r["view_leak"]): r for r in csv.DictReader(stream)}
     assert len(rows) == 16
     assert rows["4", "0.5"]["region"] == "annealing keeps one face"
-    assert rows["64", "0.5"]["region"] == "no schedule keeps one face"
+    assert rows["64", "0.5"]["region"] == "neither schedule keeps one face"
     assert rows["1", "0.25"]["annealed_runs"] == "1" and rows["16", "1"]["annealed_runs"] == "3"
     assert (tmp_path / "boundary.png").stat().st_size > 10_000
     table = (tmp_path / "boundary.md").read_text(encoding="utf-8")

@@ -19,24 +19,24 @@ config's annealing still leaves the head multi-faced under the front x4, leak 0.
 table). A compressed stage 1 keeps the per-step learning rates, so a shorter run moves
 the Gaussians less while the noise level falls.
 
-What annealing can and cannot do follows from the prior at the highest noise level,
-where the render no longer tells the references apart and the denoiser returns the
-prior's own mean. ``high_noise_shares`` computes it exactly for a back view: the shares
-of front-bin and back-bin references in the classifier-free-guided weights
-u + s (c - u) (c, u: the conditional and unconditional prior weights, s: the guidance
-scale). Where the front share exceeds the back share (``prior_back_view_is_front``), the
-first, noisiest steps of any schedule push a back view towards a front, and the
-low-noise steps that follow only sharpen what the render already shows: no noise
-schedule can keep one face there. Elsewhere the noisy steps point back views the right
-way, and annealing keeps them until the low-noise steps refine, where uniform noise
-levels mix low-noise steps in from the start and lock in whichever face a view first
-resembles.
+One limit of annealing follows from the prior at the highest noise level, where the
+render no longer tells the references apart and the denoiser returns the prior's own
+mean. ``high_noise_shares`` computes it exactly for a back view: the shares of front-bin
+and back-bin references in the classifier-free-guided weights u + s (c - u) (c, u: the
+conditional and unconditional prior weights, s: the guidance scale). Where the front
+share exceeds the back share (``prior_back_view_is_front``), the prior itself turns a
+back view into a front at the noise level that sets the coarse shape, so annealing,
+which starts there, begins by drawing a front on the back. Elsewhere the noisiest steps
+point back views the right way, which annealing needs but which does not suffice: the
+sweep measures where it keeps one face (in the README's sweep it fails well before this
+line).
 
 Outputs in ``--out``: the lab's usual files (``lab.cli.run_lab``) and ``boundary.csv`` (a
 row per cell and schedule), ``boundary.md`` (the regions) and ``boundary.png`` (the plot).
-Repeating the command reuses finished runs, so ``--schedules`` can split the sweep over
-two processes sharing ``--out`` (``OMP_NUM_THREADS=1`` each on a 2-core machine) before
-one last full command writes the report.
+Repeating the command reuses finished runs, so ``--schedules`` and ``--front-biases`` can
+split the sweep over processes sharing ``--out`` (``OMP_NUM_THREADS=1`` each on a 2-core
+machine) before one last full command writes the report (and runs the seeds of any
+boundary cell a split could not see: one whose differing neighbour was in another part).
 """
 import argparse
 import csv
@@ -179,8 +179,8 @@ def region(annealed: Optional[CellResult], uniform: Optional[CellResult]) -> str
     if annealed is None or uniform is None:
         return "not run"
     if annealed.one_face:
-        return "any schedule keeps one face" if uniform.one_face else "annealing keeps one face"
-    return "uniform only" if uniform.one_face else "no schedule keeps one face"
+        return "both schedules keep one face" if uniform.one_face else "annealing keeps one face"
+    return "only uniform keeps one face" if uniform.one_face else "neither schedule keeps one face"
 
 
 def write_boundary(out: Path, outcomes: Dict[Cell, CellResult], front_biases: Sequence[float],
