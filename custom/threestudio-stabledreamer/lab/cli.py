@@ -102,7 +102,6 @@ def launcher_of(threestudio_root: Optional[Path] = None, launcher: Optional[Path
 
 
 
-
 def stage2_start_step(trial: Path) -> Optional[int]:
     """The trial's ``system.stage2_start_step`` as the launcher resolved it (None: stage 1 only)."""
     from omegaconf import OmegaConf
