@@ -54,6 +54,18 @@ def test_the_lab_vae_reconstructs_unseen_lab_renders(lab_vae):
     assert fit_report(lab_vae)["held_out_psnr_db"] > MIN_RECONSTRUCTION_PSNR_DB
 
 
+def test_the_lab_vae_encoder_is_near_deterministic(lab_vae):
+    """Posterior std per latent under 1% of the latents' spread: samples of the encoding are
+    its mean, so the latent loss has no variance term that favours some images."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(lab_vae), subfolder="vae")
+    images = lab_renders(32, torch.Generator().manual_seed(SEED + 2))
+    with torch.no_grad():
+        posterior = vae.encode(images * 2.0 - 1.0).latent_dist
+    assert float(posterior.std.max() / posterior.mean.std()) < 0.01
+
+
 def brute_force_x0(x_t, references, bins, view, a, s, front, front_bias, leak):
     """Posterior mean over the references y_k of one sample: explicit Gaussian likelihoods
     N(x_t; a y_k, s^2 I), prior weights, a softmax, in float64; ``view`` None: unconditional."""
@@ -233,4 +245,15 @@ def test_stage2_variants_need_two_stage(tmp_path):
 
     with pytest.raises(SystemExit, match=r"variants \['two-stage', .*'two-stage-cfg20'.*\] vary stage 2 and need --two-stage"):
         main(["--suite", "stage2", "--objects", "head", "--out", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_variants_flag_runs_the_named_variants_in_place_of_the_suites(tmp_path):
+    from threestudio_stabledreamer.lab.cli import main
+
+    with pytest.raises(SystemExit, match=r"variants \['two-stage-cfg20'\] vary stage 2 and need --two-stage"):
+        main(["--variants", "two-stage-cfg20", "--objects", "house", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as error:
+        main(["--variants", "two-stage-cfg7", "--out", str(tmp_path)])
+    assert error.value.code == 2  # argparse: not among the variants
     assert not (tmp_path / "runs").exists()

@@ -10,7 +10,9 @@ process per run, wall time measured from outside, finished runs skipped when the
 command is repeated). The launcher is threestudio's ``launch.py`` in
 ``--threestudio-root`` (the extension is linked into it first), any ``--launcher``, or by
 default the threestudio stand-in shipped with the tests, run in the repository root.
-Words after ``--`` are launcher overrides for every run, applied last (over a variant's own).
+``--variants`` runs named variants in place of the suites' (e.g. one stage-2 variant on
+one object). Words after ``--`` are launcher overrides for every run, applied last (over
+a variant's own).
 
 Outputs in ``--out``: ``runs/`` (trial directories), ``logs/``, ``records/`` (the
 runner's), ``runs.csv``, ``results.csv``, ``results.md``, the plots and ``results.html``
@@ -33,7 +35,7 @@ STANDIN_LAUNCHER = REPO_ROOT / "tests" / "threestudio_standin" / "launch.py"
 
 def build_parser() -> argparse.ArgumentParser:
     from .objects import OBJECTS
-    from .suites import SUITES
+    from .suites import SUITES, VARIANTS
 
     parser = argparse.ArgumentParser(
         prog="python -m threestudio_stabledreamer.lab",
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suite", nargs="+", default=["goals", "multiface"], choices=sorted(SUITES),
                         help="experiment suites (default: goals multiface); " +
                         "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()))
+    parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS), metavar="VARIANT",
+                        help="run these variants in place of --suite's: " + ", ".join(sorted(VARIANTS)))
     parser.add_argument("--objects", nargs="+", default=sorted(OBJECTS), choices=sorted(OBJECTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds of the multi-seed suites (multiface, schedules); the others use the first")
@@ -246,8 +250,11 @@ def main(argv: List[str] = None) -> int:
     launcher, launcher_cwd = launcher_of(args.threestudio_root, args.launcher, args.launcher_cwd)
     if not launcher.is_file() or not launcher_cwd.is_dir():
         raise SystemExit(f"error: launcher '{launcher}' or its working directory '{launcher_cwd}' does not exist")
+    from .suites import VARIANTS
+
     settings = LabSettings(
-        suites=args.suite, objects=args.objects, out=args.out, steps=args.steps, seeds=args.seeds,
+        suites=args.suite, variants=[VARIANTS[name] for name in args.variants or ()], objects=args.objects,
+        out=args.out, steps=args.steps, seeds=args.seeds,
         eval_every=args.eval_every, eval_resolution=args.eval_resolution, test_views=args.test_views,
         test_resolution=args.test_resolution, mesh=args.mesh, config=args.config, two_stage=args.two_stage,
         lab_vae=args.lab_vae, launcher=launcher,
