@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/full_scale.py [--device cpu|cuda] [--steps N] [--warmup N]
-                                  [--models DIR] [--json PATH] [--config PATH] [override ...]
+                                  [--models DIR] [--json PATH] [--config PATH]
+                                  [--guidances stabledreamer|threestudio] [override ...]
 
 ``configs/stabledreamer.yaml`` (or ``--config``) trains through threestudio's Trainer set-up
 (system, random-camera data module, manual optimisation) with the full-size random models
@@ -32,6 +33,10 @@ per stage, text embeddings, the 120-view test renders) on each GPU of
 ``PEAK_HALF_PRECISION_TFLOPS`` at its peak dense half-precision rate, from the arithmetic;
 on CUDA also the measured step times times the full run's steps plus the measured model
 loading and text embedding times.
+
+``--guidances threestudio`` runs the same pipeline with threestudio's own
+``deep-floyd-guidance`` and ``stable-diffusion-guidance`` on the same models
+(``use_threestudio_guidances``), for a side-by-side comparison run after run.
 
 Prints one table and writes the figures as JSON (``--json``).
 """
@@ -413,9 +418,9 @@ class PipelineProbe:
         vae = getattr(guidance, "vae", None)
         phases["vae"] = 0
         if vae is not None:
-            phases["vae"] = vae_encode_backward_flops(
-                dict(vae.config), batch["c2w"].shape[0], guidance.cfg.render_resolution
-            )
+            # threestudio's SD guidance has no render_resolution: it encodes at 512
+            resolution = getattr(guidance.cfg, "render_resolution", 512)
+            phases["vae"] = vae_encode_backward_flops(dict(vae.config), batch["c2w"].shape[0], resolution)
         phases["text_embeddings"] = 0
         accounted = sum(phases.get(p, 0) for p in PHASES if p != "render")
         phases["render"] = total - accounted
@@ -432,6 +437,8 @@ def _threestudio_on_path() -> None:
         sys.path.insert(0, str(REPO / "tests"))
         import threestudio_cpu_shims
 
+        if os.environ.get("STABLEDREAMER_STUB_MISSING_CUDA_BUILDS") == "1":
+            threestudio_cpu_shims.stub_missing_cuda_builds()  # as tests/threestudio_cpu_launch.py
         threestudio_cpu_shims.install(Path(root))
     elif importlib.util.find_spec("threestudio") is None:
         sys.path.insert(0, str(REPO / "tests" / "threestudio_standin"))
@@ -449,9 +456,37 @@ def model_overrides(models: Dict[str, Path], weights_dtype: str) -> List[str]:
     ]
 
 
+THREESTUDIO_GUIDANCES = {"guidance": "deep-floyd-guidance", "guidance_stage2": "stable-diffusion-guidance"}
+
+
+def use_threestudio_guidances(system_cfg) -> Dict[str, List[str]]:
+    """Swap threestudio's own guidances into ``system_cfg`` (in place), keeping each
+    guidance block's settings that threestudio's class has (model, guidance scale, t range,
+    weighting, precision switches); return the settings it lacks, per block, dropped.
+
+    threestudio's guidances load in float16 (``half_precision_weights``), have no
+    annealing (t ~ U[min, max]: a step costs the same at any t) and resize to their
+    model's own size (64 for IF, 512 for SD)."""
+    from omegaconf import OmegaConf
+
+    import threestudio
+
+    dropped = {}
+    for block, name in THREESTUDIO_GUIDANCES.items():
+        known = threestudio.find(name).Config.__dataclass_fields__
+        ours = OmegaConf.to_container(system_cfg[block], resolve=True)
+        system_cfg[f"{block}_type"] = name
+        system_cfg[block] = {**{k: v for k, v in ours.items() if k in known}, "half_precision_weights": True}
+        dropped[block] = sorted(k for k in ours if k not in known)
+    return dropped
+
+
 def run_pipeline(config: Path, overrides: List[str], device: torch.device, steps: int, warmup: int,
-                 workdir: Path) -> Dict[str, Any]:
-    """Train ``warmup + steps`` steps of each stage; return the probe's raw figures."""
+                 workdir: Path, guidances: str = "stabledreamer") -> Dict[str, Any]:
+    """Train ``warmup + steps`` steps of each stage; return the probe's raw figures.
+
+    ``guidances``: ``stabledreamer`` (the config's) or ``threestudio``
+    (``use_threestudio_guidances``)."""
     _threestudio_on_path()
     import pytorch_lightning as pl
 
@@ -475,6 +510,7 @@ def run_pipeline(config: Path, overrides: List[str], device: torch.device, steps
         *overrides,
     ]
     cfg = load_config(str(config), cli_args=overrides)
+    dropped = use_threestudio_guidances(cfg.system) if guidances == "threestudio" else {}
     pl.seed_everything(cfg.seed)
     previous = os.getcwd()
     os.chdir(workdir)  # threestudio caches the text embeddings under the working directory
@@ -497,7 +533,9 @@ def run_pipeline(config: Path, overrides: List[str], device: torch.device, steps
             "prompt_processor_type" if record["stage"] == 1 else "prompt_processor_stage2_type"], record["prompts"])
         text.append({**record, "flops": flops})
     test_flops = _test_render_flops(system, cfg)
-    return {"config": str(config), "overrides": overrides, "stages": probe.stages,
+    return {"config": str(config), "overrides": overrides, "guidances": guidances,
+            "guidance_types": [cfg.system.guidance_type, cfg.system.guidance_stage2_type],
+            "guidance_settings_dropped": dropped, "stages": probe.stages,
             "text_embeddings": text, "switch": probe.switch, "test_render_flops": test_flops,
             "num_gaussians": system.geometry.num_gaussians}
 
@@ -550,6 +588,8 @@ def summarise(raw: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     measured_projection = projected_from_measured_s(stages) if device.type == "cuda" else None
     return {
         "device": _device_name(device),
+        "guidance_types": raw["guidance_types"],
+        "guidance_settings_dropped": raw["guidance_settings_dropped"],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "stages": stages,
@@ -576,6 +616,9 @@ def table(summary: Dict[str, Any]) -> str:
     tf = lambda flops: f"{flops / 1e12:.3g}" if flops is not None else "-"  # noqa: E731
     lines = [f"Full scale on {summary['device']} (torch {summary['torch']}, {summary['threads']} threads); "
              f"memory: {summary['memory_measure']}",
+             f"guidances: {' + '.join(summary['guidance_types'])}"
+             + "".join(f"; {block} settings they lack, dropped: {', '.join(keys)}"
+                       for block, keys in summary["guidance_settings_dropped"].items()),
              f"{'stage':<8} {'build s':>8} {'peak GiB':>9} {'step s':>8} {'UNet s':>8} {'TFLOP/step':>11} "
              + " ".join(f"{p[:12]:>12}" for p in PHASES)]
     for name, stage in summary["stages"].items():
@@ -608,6 +651,31 @@ def table(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMPARED = ("step_s", "guidance_network_s", "peak_gib")
+
+
+def compare(ours: Dict[str, Any], theirs: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
+    """Per stage and figure (``COMPARED``): ours, threestudio's and threestudio's / ours."""
+    rows = {}
+    for stage in ours["stages"]:
+        rows[stage] = {}
+        for figure in COMPARED:
+            a, b = ours["stages"][stage][figure], theirs["stages"].get(stage, {}).get(figure)
+            rows[stage][figure] = {"stabledreamer": a, "threestudio": b,
+                                   "ratio": b / a if a and b is not None else None}
+    return rows
+
+
+def comparison_table(rows: Dict[str, Dict[str, Dict[str, Optional[float]]]]) -> str:
+    fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
+    lines = ["SIDE BY SIDE (same models, same machine, one run after the other): ours | threestudio's | theirs/ours"]
+    for stage, figures in rows.items():
+        lines.append(f"{stage:<8} " + "   ".join(
+            f"{figure} {fmt(v['stabledreamer'])} | {fmt(v['threestudio'])} | {fmt(v['ratio'])}"
+            for figure, v in figures.items()))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
@@ -618,6 +686,10 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "stabledreamer.yaml")
     parser.add_argument("--no-full-size", action="store_true",
                         help="keep the config's model paths (e.g. the CPU config's tiny models)")
+    parser.add_argument("--guidances", default="stabledreamer", choices=("stabledreamer", "threestudio", "both"),
+                        help="the config's guidances, threestudio's deep-floyd-guidance and "
+                        "stable-diffusion-guidance on the same models (float16: pass --weights-dtype float16 "
+                        "to compare like with like), or both one after the other")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/stabledreamer-full-scale"))
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -642,14 +714,26 @@ def main(argv=None) -> int:
     if cuda:
         torch.cuda.set_device(device)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    raw = run_pipeline(args.config, overrides, device, steps, warmup, args.workdir)
-    summary = summarise(raw, device)
-    print(table(summary), flush=True)
+    kinds = ("stabledreamer", "threestudio") if args.guidances == "both" else (args.guidances,)
+    summaries = {}
+    for kind in kinds:
+        raw = run_pipeline(args.config, overrides, device, steps, warmup, args.workdir / kind, kind)
+        summaries[kind] = summarise(raw, device)
+        print(table(summaries[kind]), flush=True)
+    summary = summaries[kinds[0]]
+    if len(kinds) == 2:
+        summary = {"runs": summaries, "comparison": compare(summaries["stabledreamer"], summaries["threestudio"])}
+        print(comparison_table(summary["comparison"]), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2, default=str))
     return 0
 
+
+# threestudio's prompt processors encode in a ``spawn`` child, which re-imports this script
+# as ``__mp_main__`` before it unpickles its target: the CPU shims must be in force there too.
+if __name__ == "__mp_main__" and os.environ.get("THREESTUDIO_ROOT"):
+    _threestudio_on_path()
 
 if __name__ == "__main__":
     sys.exit(main())

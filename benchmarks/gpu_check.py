@@ -2,7 +2,8 @@
 
 Stages, each with its own time limit, each writing its log and the partial summary as it
 ends (``--out``: summary.json, summary.txt, install.log, builds.log, tests.log, smoke.log,
-threestudio.log, backends.log, full_scale.log):
+threestudio.log, backends.log, full_scale.log, side_by_side.log,
+switches.log):
 
 0. install: the wheels of ``.gpu-deps/wheels`` (scripts/gather_gpu_deps.sh) whose
    distribution is missing here (or older than its ``min=`` in gpu_deps.txt), into a
@@ -30,6 +31,12 @@ threestudio.log, backends.log, full_scale.log):
    (the harness) and its 64^2/4k timing.
 5. full scale (CUDA only): benchmarks/full_scale.py with full-size random models (memory,
    arithmetic and time per stage; its table in full_scale.log).
+5b. side by side (CUDA only; skipped unless stage 3b set real threestudio up): the same in
+   stage 3b's venv with ``--guidances both --weights-dtype float16``: our guidances, then
+   threestudio's ``deep-floyd-guidance`` and ``stable-diffusion-guidance`` on the same
+   models (side_by_side.log).
+6. switches (CUDA only): benchmarks/bench_switches.py, the guidance networks' forward with
+   ``compile_unet`` and ``enable_channels_last_format`` each off and on (switches.log).
 
 Exit status: 0 all passed, 1 a stage failed, 2 bad arguments, 3 no CUDA here (the CPU-side
 parts ran and passed or failed as reported).
@@ -55,7 +62,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
 # before full_scale, which builds 28 GB of full-size models on its first run (about 4 min on
 # one CPU core) and trains a few dozen full-size steps.
 LIMITS_S = {"install": 60, "tests": 150, "smoke": 150, "dgr_build": 240, "gsplat_build": 300,
-            "backends": 120, "threestudio": 240, "full_scale": 420}
+            "backends": 120, "threestudio": 240, "full_scale": 420, "side_by_side": 300, "switches": 300}
 # Tolerances of a CUDA backend against the torch backend (float32, same scene and cameras):
 # images, alphas and normals (values in [0, 1]) and depths divided by the camera distance:
 # mean |difference| and max |difference|; gradients: relative L2 error ||g - g_torch|| /
@@ -410,7 +417,7 @@ def run_threestudio(deps: Path, env: dict, work: Path, log: Log) -> dict:
     result = trial_result(work / "ts-outputs", code, seconds, log, "threestudio")
     stubbed = re.search(r"not installed, stubbed: ([^(]+)", log.path.read_text())
     result.update(setup_s=round(setup_s, 1), seconds=round(time.perf_counter() - started, 1),
-                  stubbed=stubbed.group(1).strip() if stubbed else None)
+                  stubbed=stubbed.group(1).strip() if stubbed else None, python=str(python), root=str(root))
     log.write(f"threestudio: set-up {setup_s:.0f} s, launch {seconds:.0f} s; stubbed (not built here): "
               f"{result['stubbed'] or 'none'}")
     return result
@@ -555,14 +562,43 @@ def run_backends(env: dict, work: Path, log: Log) -> dict:
 
 # ----------------------------------------------------------------------------- 5. full scale
 def run_full_scale(env: dict, work: Path, log: Log) -> dict:
-    """benchmarks/full_scale.py on CUDA: full-size random models (built under --work),
-    warm-up, then the median of 20 steps per stage; its table goes to full_scale.log."""
-    json_path = work / "full_scale.json"
+    """benchmarks/full_scale.py on CUDA: full-size random models (built under --work) in
+    float16, our guidances then threestudio's, each warmed up, then the median of 20 steps
+    per stage; its tables go to full_scale.log."""
+    return _run_benchmark("full_scale", ["full_scale.py", "--device", "cuda", "--steps", "20", "--warmup", "3",
+                                         "--workdir", str(work / "full-scale")], env, work, log)
+
+
+def run_side_by_side(threestudio: dict, env: dict, work: Path, log: Log) -> dict:
+    """benchmarks/full_scale.py --guidances both in the threestudio stage's venv (real
+    threestudio 0.2.3): our guidances and threestudio's on the same full-size models, float16
+    weights both (threestudio's half precision), 20 steps per stage each."""
+    if "python" not in threestudio:
+        return {"status": "skipped (threestudio's guidances need the threestudio stage's set-up, "
+                          f"which ended: {threestudio.get('status')})", "seconds": 0}
+    ts_env = {**{k: v for k, v in env.items() if k != "PYTHONPATH"}, "THREESTUDIO_ROOT": threestudio["root"],
+              "STABLEDREAMER_STUB_MISSING_CUDA_BUILDS": "1"}
+    return _run_benchmark("side_by_side", ["full_scale.py", "--device", "cuda", "--steps", "20", "--warmup", "3",
+                                           "--weights-dtype", "float16", "--guidances", "both",
+                                           "--workdir", str(work / "side-by-side")], ts_env, work, log,
+                          python=threestudio["python"])
+
+
+def run_switches(env: dict, work: Path, log: Log) -> dict:
+    """benchmarks/bench_switches.py on CUDA: each stage's guidance network with each speed
+    switch off and on, median of 10 calls; its table goes to switches.log."""
+    return _run_benchmark("switches", ["bench_switches.py", "--device", "cuda", "--repeats", "10"], env, work, log)
+
+
+def _run_benchmark(stage: str, arguments: list, env: dict, work: Path, log: Log, python: str = sys.executable) -> dict:
+    """``benchmarks/<script>`` with the full-size models under --work; its JSON report
+    becomes the stage's figures."""
+    json_path = work / f"{stage}.json"
     json_path.unlink(missing_ok=True)
-    code, seconds = run_logged([sys.executable, str(REPO / "benchmarks" / "full_scale.py"), "--device", "cuda",
-                                "--steps", "20", "--warmup", "3", "--models", str(work / "full-size-models"),
-                                "--workdir", str(work / "full-scale"), "--json", str(json_path)],
-                               log, LIMITS_S["full_scale"], env=env, cwd=REPO)
+    script, *rest = arguments
+    code, seconds = run_logged([python, str(REPO / "benchmarks" / script), *rest,
+                                "--models", str(work / "full-size-models"), "--json", str(json_path)],
+                               log, LIMITS_S[stage], env=env, cwd=REPO)
     report = json.loads(json_path.read_text()) if json_path.is_file() else {}
     status = "ok" if code == 0 and report else ("timeout" if code == "timeout" else f"failed (exit {code})")
     return {"status": status, "seconds": round(seconds, 1), **report}
@@ -691,6 +727,10 @@ def main(argv=None) -> int:
     stages["backends"] = run_backends(backend_env, work, Log(out / "backends.log"))
     if cuda:
         stages["full_scale"] = run_full_scale(backend_env, work, Log(out / "full_scale.log"))
+        write_summary(summary, out, started)
+        stages["side_by_side"] = run_side_by_side(stages["threestudio"], env, work, Log(out / "side_by_side.log"))
+        write_summary(summary, out, started)
+        stages["switches"] = run_switches(backend_env, work, Log(out / "switches.log"))
     failed = [name for name, stage in stages.items()
               if stage.get("status") != "ok" and not str(stage.get("status")).startswith("skipped")]
     if not cuda:

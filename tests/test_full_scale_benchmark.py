@@ -1,13 +1,17 @@
 """benchmarks/full_scale.py on the tiny models: FLOP counts positive and scaling with batch
 and resolution as they must, the projections' arithmetic, the memory probes."""
 import importlib.util
+import json
+import mmap
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, THREESTUDIO_ROOT, USES_REAL_THREESTUDIO
 
 spec = importlib.util.spec_from_file_location("full_scale", REPO_ROOT / "benchmarks" / "full_scale.py")
 full_scale = importlib.util.module_from_spec(spec)
@@ -84,9 +88,14 @@ def test_expected_batches_per_stage():
 def test_peak_resident_memory_resets():
     if not full_scale.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs is not writable here (not Linux): VmHWM cannot be reset")
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+    # an anonymous mapping, every page touched: resident until closed, whatever the heap
+    # allocator caches (torch's or the C library's)
+    size = 64 * 2**20
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
     high = full_scale.peak_rss_gib()
-    del block
+    block.close()
     assert full_scale.reset_peak_rss()
     assert full_scale.peak_rss_gib() < high - 0.03
 
@@ -172,3 +181,59 @@ def test_test_render_flops_scale_with_resolution(runs):
     # (projection, activations, sorting) unchanged
     low, high = runs["base"]["test_render_flops"], runs["resolution"]["test_render_flops"]
     assert low < high <= 4 * low
+
+
+NEEDS_REAL_THREESTUDIO = pytest.mark.skipif(
+    not USES_REAL_THREESTUDIO,
+    reason="threestudio's own guidances and spawned text-encoder process: the stand-in has neither")
+
+
+@NEEDS_REAL_THREESTUDIO
+def test_threestudio_guidances_take_the_settings_they_have():
+    from threestudio.utils.config import load_config
+
+    cfg = load_config(str(CPU_CONFIG), cli_args=["system.prompt_processor.prompt=a corgi"])
+    ours = {block: dict(cfg.system[block]) for block in full_scale.THREESTUDIO_GUIDANCES}
+    dropped = full_scale.use_threestudio_guidances(cfg.system)
+    assert (cfg.system.guidance_type, cfg.system.guidance_stage2_type) == (
+        "deep-floyd-guidance", "stable-diffusion-guidance")
+    for block in full_scale.THREESTUDIO_GUIDANCES:
+        theirs = cfg.system[block]
+        assert theirs.guidance_scale == ours[block]["guidance_scale"]
+        assert theirs.pretrained_model_name_or_path == ours[block]["pretrained_model_name_or_path"]
+        assert theirs.half_precision_weights is True
+        assert "anneal" in dropped[block] and "anneal" not in theirs
+        assert set(theirs) | set(dropped[block]) == set(ours[block]) | {"half_precision_weights"}
+
+
+@NEEDS_REAL_THREESTUDIO
+def test_the_benchmark_runs_both_guidances_with_threestudios_spawned_text_encoder(tiny_models, tmp_path):
+    """The benchmark as a command on real threestudio with ``spawn=true`` and
+    ``--guidances both``: the spawned child re-imports the script and needs the CPU shims
+    there too; its peak is measured apart; threestudio's guidances train on the same models."""
+    models = tiny_models["deepfloyd-if"].parent
+    summary_path = tmp_path / "full-scale.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "full_scale.py"), "--no-full-size", "--guidances", "both",
+         "--config", str(CPU_CONFIG), "--workdir", str(tmp_path / "work"), "--json", str(summary_path),
+         f"system.prompt_processor.pretrained_model_name_or_path={models / 'deepfloyd-if'}",
+         f"system.guidance.pretrained_model_name_or_path={models / 'deepfloyd-if'}",
+         f"system.prompt_processor_stage2.pretrained_model_name_or_path={models / 'stable-diffusion'}",
+         f"system.guidance_stage2.pretrained_model_name_or_path={models / 'stable-diffusion'}",
+         "system.prompt_processor.spawn=true", "system.prompt_processor_stage2.spawn=true",
+         "data.batch_size=[1,1]", "data.width=[32,48]", "data.height=[32,48]"],
+        capture_output=True, text=True, env={**os.environ, "THREESTUDIO_ROOT": str(THREESTUDIO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    runs = summary["runs"]
+    assert runs["threestudio"]["guidance_types"] == ["deep-floyd-guidance", "stable-diffusion-guidance"]
+    assert runs["stabledreamer"]["guidance_types"] == ["stabledreamer-deep-floyd-guidance",
+                                                       "stabledreamer-stable-diffusion-guidance"]
+    for run in runs.values():
+        assert [t["prompts"] for t in run["text_embeddings"]] == [6, 6]
+        assert all(t["child_process_peak_rss_gib"] > 0 for t in run["text_embeddings"])
+    for stage in ("stage1", "stage2"):
+        step = summary["comparison"][stage]["step_s"]
+        assert step["ratio"] == pytest.approx(step["threestudio"] / step["stabledreamer"])
+    assert "SIDE BY SIDE" in result.stdout

@@ -105,6 +105,21 @@ def test_saved_models_load_through_from_pretrained(small_models):
         assert torch.equal(reloaded.state_dict()[key], value), key
 
 
+def test_text_encoders_are_sharded_and_diffusers_models_saved_whole(tmp_path, monkeypatch):
+    """threestudio's pinned diffusers (0.19.3) reads no sharded diffusers checkpoint: the
+    UNets and the VAE must be one file whatever their size; the text encoders are sharded."""
+    monkeypatch.setattr(fsm, "SHARD_SIZE", "50KB")
+    models = fsm.build_full_size_models(tmp_path / "models", torch.float16, SMALL_CONFIGS)
+    if_dir, sd_dir = models["deepfloyd-if"], models["stable-diffusion"]
+    for folder in (if_dir / "text_encoder", sd_dir / "text_encoder"):
+        assert len(list(folder.glob("model-*.safetensors"))) > 1, folder
+    for folder, name in ((if_dir / "unet", "diffusion_pytorch_model.fp16.safetensors"),
+                         (sd_dir / "unet", "diffusion_pytorch_model.safetensors"),
+                         (sd_dir / "vae", "diffusion_pytorch_model.safetensors")):
+        assert sorted(p.name for p in folder.glob("*.safetensors")) == [name], folder
+        assert not list(folder.glob("*.index.json")), folder
+
+
 def test_rebuild_is_skipped_when_complete(small_models):
     marker = small_models["deepfloyd-if"].parent / fsm.MARKER_NAME
     before = marker.stat().st_mtime_ns

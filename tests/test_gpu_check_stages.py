@@ -58,6 +58,14 @@ def test_threestudio_stage_without_gathered_wheels_is_skipped(tmp_path, log):
     assert not (tmp_path / "work").exists()
 
 
+def test_side_by_side_without_threestudios_set_up_is_skipped_naming_why(tmp_path, log):
+    threestudio = gpu_check.run_threestudio(tmp_path / "deps", {}, tmp_path / "work", log)
+    result = gpu_check.run_side_by_side(threestudio, {}, tmp_path / "work", log)
+    assert result["status"] == ("skipped (threestudio's guidances need the threestudio stage's set-up, "
+                                f"which ended: {threestudio['status']})")
+    assert not (tmp_path / "work").exists()
+
+
 def test_the_setup_module_loads_by_path_and_names_what_lies_outside_the_pins():
     setup = gpu_check.load_setup_module()
     pins = setup.parse_constraints((REPO_ROOT / setup.CONSTRAINTS_NAME).read_text())

@@ -426,6 +426,30 @@ def test_bad_inputs_are_rejected_clearly(if_guidance, tiny_models, device):
         _guidance(IF_NAME, tiny_models["deepfloyd-if"], weighting_strategy="sjc")
 
 
+def test_compile_unet_compiles_the_unet_in_place_and_keeps_its_predictions(sd_guidance, tiny_models, device):
+    compiled = _guidance(SD_NAME, tiny_models["stable-diffusion"], render_resolution=SD_RESOLUTION,
+                         compile_unet=True)
+    # nn.Module.compile keeps the module and sets its compiled call
+    assert type(compiled.unet) is type(sd_guidance.unet)
+    assert compiled.unet._compiled_call_impl is not None and sd_guidance.unet._compiled_call_impl is None
+    config = sd_guidance.unet.config
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(BATCH, config.in_channels, config.sample_size, config.sample_size, generator=generator)
+    embeddings = torch.randn(2 * BATCH, 77, config.cross_attention_dim, generator=generator)
+    t = torch.tensor([100, 700][:BATCH] + [500] * (BATCH - 2))
+    eager = sd_guidance.guided_noise(x_t.to(device), t.to(device), embeddings.to(device))
+    fused = compiled.guided_noise(x_t.to(device), t.to(device), embeddings.to(device))
+    # the compiled kernels fuse and reorder float arithmetic: equal up to rounding, which
+    # classifier-free guidance at scale 100 amplifies
+    assert float((fused - eager).abs().max()) <= 1e-3 * float(eager.abs().max())
+
+
+def test_compile_unet_with_sequential_offload_is_refused(tiny_models):
+    with pytest.raises(ValueError, match="compile_unet=True cannot be combined with enable_sequential_cpu_offload"):
+        _guidance(SD_NAME, tiny_models["stable-diffusion"], compile_unet=True,
+                  enable_sequential_cpu_offload=True)
+
+
 def test_defaults_match_the_published_models():
     if_config = threestudio.find(IF_NAME).Config()
     assert (if_config.pretrained_model_name_or_path, if_config.variant) == (

@@ -17,8 +17,10 @@ Two uses:
   guidances and prompt processors load them through their usual ``from_pretrained``
   calls. Each model is constructed with half precision as the default dtype, so no
   float32 copy ever exists (the IF UNet and T5 encoder hold about 8.6 and 9.5 GB in half
-  precision), and is saved in 1 GB shards, so saving adds at most one shard to the
-  model's own memory. Only one model is held at a time.
+  precision). The text encoders are saved in 1 GB shards, so saving adds at most one
+  shard to the model's own memory; the UNets and the VAE are saved as one file each,
+  because threestudio pins diffusers 0.19.3, which reads no sharded diffusers checkpoint
+  (diffusers shards from 0.26 on, at 10 GB by default). Only one model is held at a time.
 
 The tokenizers and schedulers are ``tiny_models``' (the tokenizers produce ids within the
 full vocabularies; their vocabularies are smaller, which changes no cost).
@@ -35,9 +37,10 @@ import torch
 
 from . import tiny_models
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARKER_NAME = "full-size-models.json"
-SHARD_SIZE = "1GB"
+SHARD_SIZE = "1GB"  # transformers' text encoders
+WHOLE_FILE = "64GB"  # diffusers' models: larger than any of them, so one file each
 
 # DeepFloyd/IF-I-XL-v1.0, unet/config.json.
 IF_UNET_CONFIG = dict(
@@ -274,9 +277,12 @@ def _marker(root: Path) -> Optional[dict]:
 def _save_and_free(name: str, dtype: torch.dtype, config: dict, directory: Path, variants=(None,)) -> None:
     """Build ``name``, save it as each of ``variants`` (None: the default files), free it."""
     model = build_in_half_precision(name, dtype, config)
+    from diffusers import ModelMixin
+
     kwargs = {"safe_serialization": True}
     if "max_shard_size" in inspect.signature(model.save_pretrained).parameters:
-        kwargs["max_shard_size"] = SHARD_SIZE  # diffusers before 0.26 writes one file
+        # (diffusers before 0.26 has no max_shard_size and writes one file)
+        kwargs["max_shard_size"] = WHOLE_FILE if isinstance(model, ModelMixin) else SHARD_SIZE
     for variant in variants:
         model.save_pretrained(directory, variant=variant, **kwargs)
     del model

@@ -52,6 +52,10 @@ class ScoreDistillationGuidance(BaseObject):
         enable_attention_slicing: bool = False
         enable_sequential_cpu_offload: bool = False
         enable_channels_last_format: bool = True
+        # torch.compile the UNet(s) in place (nn.Module.compile): the first steps at each
+        # new input shape compile (minutes for a full-size UNet), later steps run the
+        # compiled graph. Off by default; benchmarks/bench_switches.py measures it on and off.
+        compile_unet: bool = False
 
         guidance_scale: float = 100.0
         weighting_strategy: str = "sds"
@@ -130,6 +134,11 @@ class ScoreDistillationGuidance(BaseObject):
             raise ValueError(
                 f"render_resolution must be a positive number of pixels, got {cfg.render_resolution}"
             )
+        if cfg.compile_unet and cfg.enable_sequential_cpu_offload:
+            raise ValueError(
+                "compile_unet=True cannot be combined with enable_sequential_cpu_offload=True "
+                "(offloading moves weights during the forward pass); turn one of them off"
+            )
         if not cfg.pretrained_model_name_or_path:
             raise ValueError(
                 "pretrained_model_name_or_path must name a hub model or a local directory"
@@ -192,6 +201,8 @@ class ScoreDistillationGuidance(BaseObject):
             cpu_offload(model, execution_device=self.device)
         else:
             model.to(self.device)
+        if is_unet and self.cfg.compile_unet:
+            model.compile()
 
     def _load_schedule(self) -> None:
         (
