@@ -38,6 +38,9 @@ switches.log):
 6. switches (CUDA only): benchmarks/bench_switches.py, the guidance networks' forward with
    ``compile_unet`` and ``enable_channels_last_format`` each off and on (switches.log).
 
+``--stages`` runs a subset of 2-6 (install always runs first, the builds with backends);
+the full-size stages reuse the models built under ``--work``.
+
 Exit status: 0 all passed, 1 a stage failed, 2 bad arguments, 3 no CUDA here (the CPU-side
 parts ran and passed or failed as reported).
 """
@@ -654,12 +657,32 @@ def write_summary(summary: dict, out: Path, started: float) -> str:
     return table
 
 
+# The stages after install, in the order they run; CUDA_ONLY run only where CUDA is.
+STAGES = ("tests", "smoke", "threestudio", "backends", "full_scale", "side_by_side", "switches")
+CUDA_ONLY = ("smoke", "threestudio", "full_scale", "side_by_side", "switches")
+
+
+def chosen_stages(names, cuda: bool) -> list:
+    """The stages of ``names`` that run here, in ``STAGES`` order. ``side_by_side`` runs in
+    the threestudio stage's venv, so it needs ``threestudio`` in the same run."""
+    unknown = sorted(set(names) - set(STAGES))
+    if unknown:
+        raise ValueError(f"--stages: unknown {unknown}; expected among {list(STAGES)}")
+    if "side_by_side" in names and "threestudio" not in names:
+        raise ValueError("--stages: side_by_side needs threestudio in the same run (it runs in that stage's venv)")
+    return [name for name in STAGES if name in names and (cuda or name not in CUDA_ONLY)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for summary.json, summary.txt and the logs")
     parser.add_argument("--deps", type=Path, default=REPO / ".gpu-deps", help="what scripts/gather_gpu_deps.sh made")
     parser.add_argument("--work", type=Path, default=Path("/tmp/stabledreamer-gpu-check"),
                         help="scratch folder (installed packages, builds, smoke run)")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), metavar="STAGE",
+                        help="stages to run after install, default all: " + " ".join(STAGES) +
+                        " (side_by_side needs threestudio; the full-size stages reuse the models built under "
+                        "--work, so a second command can run them)")
     parser.add_argument("--stage", choices=["backends"], help=argparse.SUPPRESS)
     parser.add_argument("--stage-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -669,6 +692,11 @@ def main(argv=None) -> int:
     if args.out is None:
         parser.print_usage(sys.stderr)
         print("gpu_check: --out DIR is required", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        chosen_stages(args.stages, cuda=True)
+    except ValueError as error:
+        print(f"gpu_check: {error}", file=sys.stderr)
         return EXIT_USAGE
 
     started = time.perf_counter()
@@ -703,33 +731,40 @@ def main(argv=None) -> int:
     write_summary(summary, out, started)
 
     cuda = bool(info["cuda"])
+    run = chosen_stages(args.stages, cuda)
+    build_backends = cuda and "backends" in run
     builds_log = Log(out / "builds.log")
     backend_env = {**env, "PYTHONPATH": os.pathsep.join([str(backend_site), env["PYTHONPATH"]])}
-    builds = start_builds(args.deps.resolve(), work, backend_env, info["capability"], builds_log) if cuda else {}
+    builds = start_builds(args.deps.resolve(), work, backend_env, info["capability"], builds_log) if build_backends else {}
 
-    stages["tests"] = run_tests("cuda" if cuda else "cpu", env, work, Log(out / "tests.log"))
-    print(f"tests: {stages['tests']}", flush=True)
-    write_summary(summary, out, started)
-
-    if cuda:
+    if "tests" in run:
+        stages["tests"] = run_tests("cuda" if cuda else "cpu", env, work, Log(out / "tests.log"))
+        print(f"tests: {stages['tests']}", flush=True)
+        write_summary(summary, out, started)
+    if "smoke" in run:
         stages["smoke"] = run_smoke(env, work, Log(out / "smoke.log"))
         print(f"smoke: {stages['smoke']['status']}", flush=True)
         write_summary(summary, out, started)
+    if "threestudio" in run:
         stages["threestudio"] = run_threestudio(args.deps.resolve(), env, work, Log(out / "threestudio.log"))
         print(f"threestudio: {stages['threestudio']['status']}", flush=True)
         write_summary(summary, out, started)
+    if build_backends:
         built = finish_builds(builds, work, builds_log)
         for name, result in built["results"].items():
             stages[f"build {name}"] = result
         backend_env["PYTHONPATH"] = os.pathsep.join([*built["paths"], backend_env["PYTHONPATH"]])
         write_summary(summary, out, started)
-
-    stages["backends"] = run_backends(backend_env, work, Log(out / "backends.log"))
-    if cuda:
+    if "backends" in run:
+        stages["backends"] = run_backends(backend_env, work, Log(out / "backends.log"))
+        write_summary(summary, out, started)
+    if "full_scale" in run:
         stages["full_scale"] = run_full_scale(backend_env, work, Log(out / "full_scale.log"))
         write_summary(summary, out, started)
+    if "side_by_side" in run:
         stages["side_by_side"] = run_side_by_side(stages["threestudio"], env, work, Log(out / "side_by_side.log"))
         write_summary(summary, out, started)
+    if "switches" in run:
         stages["switches"] = run_switches(backend_env, work, Log(out / "switches.log"))
     failed = [name for name, stage in stages.items()
               if stage.get("status") != "ok" and not str(stage.get("status")).startswith("skipped")]

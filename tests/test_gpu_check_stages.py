@@ -66,6 +66,24 @@ def test_side_by_side_without_threestudios_set_up_is_skipped_naming_why(tmp_path
     assert not (tmp_path / "work").exists()
 
 
+def test_chosen_stages_run_in_order_and_only_where_they_can():
+    assert gpu_check.chosen_stages(gpu_check.STAGES, cuda=True) == list(gpu_check.STAGES)
+    assert gpu_check.chosen_stages(gpu_check.STAGES, cuda=False) == ["tests", "backends"]
+    assert gpu_check.chosen_stages(["switches", "full_scale"], cuda=True) == ["full_scale", "switches"]
+    with pytest.raises(ValueError, match="side_by_side needs threestudio in the same run"):
+        gpu_check.chosen_stages(["full_scale", "side_by_side"], cuda=True)
+    with pytest.raises(ValueError, match=r"unknown \['compile'\]"):
+        gpu_check.chosen_stages(["compile"], cuda=True)
+
+
+def test_a_bad_stage_choice_is_refused_before_anything_runs(tmp_path, capsys):
+    code = gpu_check.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                           "--stages", "side_by_side"])
+    assert code == gpu_check.EXIT_USAGE
+    assert "side_by_side needs threestudio" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
 def test_the_setup_module_loads_by_path_and_names_what_lies_outside_the_pins():
     setup = gpu_check.load_setup_module()
     pins = setup.parse_constraints((REPO_ROOT / setup.CONSTRAINTS_NAME).read_text())
