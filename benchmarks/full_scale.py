@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/full_scale.py [--device cpu|cuda] [--steps N] [--warmup N]
                                   [--models DIR] [--json PATH] [--config PATH]
-                                  [--guidances stabledreamer|threestudio] [override ...]
+                                  [--guidances stabledreamer|threestudio|both] [override ...]
 
 ``configs/stabledreamer.yaml`` (or ``--config``) trains through threestudio's Trainer set-up
 (system, random-camera data module, manual optimisation) with the full-size random models
@@ -36,7 +36,8 @@ loading and text embedding times.
 
 ``--guidances threestudio`` runs the same pipeline with threestudio's own
 ``deep-floyd-guidance`` and ``stable-diffusion-guidance`` on the same models
-(``use_threestudio_guidances``), for a side-by-side comparison run after run.
+(``use_threestudio_guidances``); ``--guidances both`` runs ours and then theirs and adds
+the ratios of their step times, guidance-network times and peaks (``compare``).
 
 Prints one table and writes the figures as JSON (``--json``).
 """

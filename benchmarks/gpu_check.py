@@ -565,9 +565,8 @@ def run_backends(env: dict, work: Path, log: Log) -> dict:
 
 # ----------------------------------------------------------------------------- 5. full scale
 def run_full_scale(env: dict, work: Path, log: Log) -> dict:
-    """benchmarks/full_scale.py on CUDA: full-size random models (built under --work) in
-    float16, our guidances then threestudio's, each warmed up, then the median of 20 steps
-    per stage; its tables go to full_scale.log."""
+    """benchmarks/full_scale.py on CUDA: full-size random models (built under --work),
+    warm-up, then the median of 20 steps per stage; its table goes to full_scale.log."""
     return _run_benchmark("full_scale", ["full_scale.py", "--device", "cuda", "--steps", "20", "--warmup", "3",
                                          "--workdir", str(work / "full-scale")], env, work, log)
 
